@@ -1,0 +1,21 @@
+"""One plot style for every figure, and deterministic PNG files (no timestamps in metadata)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import seaborn as sns
+
+
+def set_style() -> None:
+    sns.set_theme(context="notebook", style="whitegrid", palette="colorblind")
+    plt.rcParams.update({"figure.dpi": 100, "savefig.dpi": 120, "figure.autolayout": True})
+
+
+def save(fig, path: str | Path) -> Path:
+    """Save ``fig`` as PNG without volatile metadata, so unchanged figures give unchanged files."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, metadata={"Software": None}, bbox_inches="tight")
+    return path

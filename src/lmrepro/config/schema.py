@@ -1,0 +1,141 @@
+"""Typed schema of one profile of params.yaml (plain frozen dataclasses).
+
+Cross-field rules live in ``check``; every rejection names the dotted key and what is allowed.
+Paper pipelines add their own sections next to these.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .schema_tools import bounded, require
+
+
+@dataclass(frozen=True, kw_only=True)
+class HFSourceConfig:
+    """A Hub dataset streamed with ``datasets`` (paper profile)."""
+
+    path: str
+    name: str | None = None
+    split: str = "train"
+    text_field: str = "text"
+    data_files: str | None = None
+    max_documents: int | None = bounded(None, min=2)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataConfig:
+    source: str = bounded("stdlib", choices=("stdlib", "hf"))
+    val_fraction: float = bounded(0.05, min=1e-4, max=0.5)
+    seed: int = bounded(0, min=0)
+    max_documents: int | None = bounded(None, min=2, doc="cap on stdlib files (smoke)")
+    max_bytes_per_document: int | None = bounded(None, min=1)
+    shard_tokens: int = bounded(2**24, min=1024)
+    hf: HFSourceConfig | None = None
+
+    def check(self, path: str) -> None:
+        require(self.source != "hf" or self.hf is not None, f"{path}.hf",
+                "source is 'hf', so data.hf (path, split, text_field, ...) must be given")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TokenizerConfig:
+    vocab_size: int = bounded(min=258, max=2**20)
+    min_frequency: int = bounded(2, min=1)
+    train_max_documents: int | None = bounded(None, min=1, doc="documents used to learn merges")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    """Llama-style decoder; per-layer mixers and widths are added by the paper sections."""
+
+    hidden_size: int = bounded(min=8)
+    num_layers: int = bounded(min=1)
+    num_heads: int = bounded(min=1)
+    num_kv_heads: int | None = bounded(None, min=1)
+    intermediate_size: int = bounded(min=8)
+    max_seq_len: int = bounded(min=8)
+    rope_theta: float = bounded(10000.0, min=1.0)
+    norm_eps: float = bounded(1e-5, min=0.0, max=0.1)
+    tie_embeddings: bool = False
+    init_std: float = bounded(0.02, min=0.0, max=1.0)
+
+    def check(self, path: str) -> None:
+        require(self.hidden_size % self.num_heads == 0, f"{path}.num_heads",
+                f"{self.num_heads} heads do not divide hidden_size {self.hidden_size}")
+        head_dim = self.hidden_size // self.num_heads
+        require(head_dim % 2 == 0, f"{path}.num_heads",
+                f"head dim hidden_size/num_heads = {head_dim} must be even for RoPE")
+        kv = self.num_kv_heads or self.num_heads
+        require(self.num_heads % kv == 0, f"{path}.num_kv_heads",
+                f"{kv} kv heads must divide num_heads {self.num_heads}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    seq_len: int = bounded(min=2)
+    batch_size: int = bounded(min=1, doc="global sequences per optimizer step")
+    micro_batch_size: int = bounded(min=1, doc="sequences per forward pass per process")
+    max_tokens: int = bounded(min=1, doc="token budget of the run")
+    lr: float = bounded(min=0.0, max=1.0)
+    min_lr_ratio: float = bounded(0.1, min=0.0, max=1.0)
+    schedule: str = bounded("cosine", choices=("cosine", "wsd", "constant"))
+    warmup_fraction: float = bounded(0.05, min=0.0, max=0.5)
+    decay_fraction: float = bounded(0.2, min=0.0, max=1.0, doc="wsd: final fraction spent decaying")
+    weight_decay: float = bounded(0.1, min=0.0)
+    betas: list[float] = bounded([0.9, 0.95], min=0.0, max=0.9999)
+    eps: float = bounded(1e-8, min=0.0)
+    grad_clip: float | None = bounded(1.0, min=0.0)
+    checkpoint_tokens: list[int] = bounded([], min=1, doc="token budgets at which weights are kept")
+    save_every_steps: int = bounded(50, min=1, doc="resumable checkpoint period")
+    keep_checkpoints: int = bounded(2, min=1)
+    log_every_steps: int = bounded(1, min=1)
+    eval_every_steps: int | None = bounded(None, min=1)
+    eval_windows: int = bounded(8, min=1)
+    precision: str = bounded("auto", choices=("auto", "fp32", "bf16"))
+    seed: int = bounded(0, min=0)
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.batch_size * self.seq_len
+
+    @property
+    def max_steps(self) -> int:
+        return self.max_tokens // self.tokens_per_step
+
+    def check(self, path: str) -> None:
+        require(len(self.betas) == 2, f"{path}.betas", f"give two numbers [beta1, beta2], got {self.betas}")
+        require(self.batch_size % self.micro_batch_size == 0, f"{path}.micro_batch_size",
+                f"{self.micro_batch_size} must divide batch_size {self.batch_size}")
+        require(self.max_steps >= 1, f"{path}.max_tokens",
+                f"{self.max_tokens} is less than one step of batch_size*seq_len = {self.tokens_per_step} tokens")
+        for t in self.checkpoint_tokens:
+            require(t <= self.max_tokens, f"{path}.checkpoint_tokens",
+                    f"budget {t} exceeds max_tokens {self.max_tokens}")
+        require(self.checkpoint_tokens == sorted(set(self.checkpoint_tokens)), f"{path}.checkpoint_tokens",
+                "budgets must be strictly increasing")
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalConfig:
+    seq_len: int = bounded(min=2)
+    batch_size: int = bounded(8, min=1)
+    max_windows: int | None = bounded(None, min=1, doc="validation windows scored (None = all)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config:
+    """One resolved profile. ``profile`` is the name it was resolved from."""
+
+    profile: str
+    data: DataConfig
+    tokenizer: TokenizerConfig
+    model: ModelConfig
+    train: TrainConfig
+    eval: EvalConfig
+
+    def check(self, path: str) -> None:
+        require(self.train.seq_len <= self.model.max_seq_len, f"{path}.train.seq_len",
+                f"{self.train.seq_len} exceeds model.max_seq_len {self.model.max_seq_len}")
+        require(self.eval.seq_len <= self.model.max_seq_len, f"{path}.eval.seq_len",
+                f"{self.eval.seq_len} exceeds model.max_seq_len {self.model.max_seq_len}")

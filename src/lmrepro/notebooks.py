@@ -1,0 +1,78 @@
+"""Keep committed notebooks clean: no outputs, no execution counts, stable metadata.
+
+``python -m lmrepro.notebooks clean [paths…]`` rewrites notebooks in place (run it before committing
+a notebook you edited in JupyterLab); ``check`` lists what is not clean and exits 1 if anything is.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import nbformat
+
+KERNELSPEC = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
+NOTEBOOK_METADATA = {"kernelspec": KERNELSPEC, "language_info": {"name": "python"}}
+CELL_METADATA_KEYS = ("tags",)  # papermill finds the ``parameters`` cell by its tag
+
+
+def _notebooks(paths: list[str]) -> list[Path]:
+    found: list[Path] = []
+    for p in map(Path, paths or ["notebooks"]):
+        found += sorted(p.rglob("*.ipynb")) if p.is_dir() else [p]
+    return [p for p in found if ".ipynb_checkpoints" not in p.parts]
+
+
+def problems(path: str | Path) -> list[str]:
+    """What makes ``path`` unclean (empty list when clean)."""
+    nb = nbformat.read(str(path), as_version=4)
+    out = []
+    if dict(nb.metadata) != NOTEBOOK_METADATA:
+        out.append(f"{path}: notebook metadata must be exactly {NOTEBOOK_METADATA}")
+    params = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    if len(params) != 1:
+        out.append(f"{path}: needs exactly one cell tagged 'parameters' (found {len(params)})")
+    for i, cell in enumerate(nb.cells):
+        if set(cell.metadata) - set(CELL_METADATA_KEYS):
+            out.append(f"{path}: cell {i} has metadata {sorted(cell.metadata)}; only {list(CELL_METADATA_KEYS)} allowed")
+        if cell.cell_type == "code" and (cell.outputs or cell.execution_count is not None):
+            out.append(f"{path}: cell {i} has outputs or an execution count")
+        if "id" in cell and not cell.id.startswith("c"):
+            out.append(f"{path}: cell {i} id {cell.id!r} is not a stable id (c<number>)")
+    return out
+
+
+def clean(path: str | Path) -> bool:
+    """Strip outputs and volatile metadata in place; give cells stable ids. Returns True if changed."""
+    before = Path(path).read_text()
+    nb = nbformat.read(str(path), as_version=4)
+    nb.metadata = nbformat.from_dict(NOTEBOOK_METADATA)
+    for i, cell in enumerate(nb.cells):
+        cell.metadata = nbformat.from_dict({k: v for k, v in cell.metadata.items() if k in CELL_METADATA_KEYS})
+        cell.id = f"c{i:02d}"
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
+    nbformat.validate(nb)
+    text = nbformat.writes(nb) + "\n"
+    Path(path).write_text(text)
+    return text != before
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in ("clean", "check"):
+        print(__doc__)
+        return 2
+    command, paths = argv[0], argv[1:]
+    if command == "clean":
+        for nb in _notebooks(paths):
+            if clean(nb):
+                print(f"cleaned {nb}")
+        return 0
+    found = [msg for nb in _notebooks(paths) for msg in problems(nb)]
+    print("\n".join(found) or "all notebooks clean")
+    return 1 if found else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

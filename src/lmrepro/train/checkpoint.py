@@ -1,0 +1,110 @@
+"""Checkpoints that are safe to load: safetensors weights, tensors-only torch files, JSON state.
+
+Two kinds:
+- *model folders* (``model.safetensors`` + ``spec.json``): weights for evaluation and downstream stages;
+- *resumable checkpoints* (a model folder + ``optimizer.pt``, ``scheduler.json``, ``rng.pt``, ``state.json``):
+  everything needed to continue a run exactly. Written to a temporary folder and renamed, so a crash
+  while saving never leaves a half-written checkpoint that looks complete.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..models import DecoderLM, LayerSpec, LMSpec
+
+STEP_PREFIX = "step-"
+
+
+def spec_to_dict(spec: LMSpec) -> dict[str, Any]:
+    return dataclasses.asdict(spec)
+
+
+def spec_from_dict(data: dict[str, Any]) -> LMSpec:
+    data = dict(data)
+    data["layers"] = tuple(LayerSpec(**layer) for layer in data.get("layers", ()))
+    return LMSpec(**data)
+
+
+def save_model(model: DecoderLM, folder: str | Path, extra: dict[str, Any] | None = None) -> Path:
+    """Write ``model.safetensors`` and ``spec.json`` (plus ``extra`` metadata) into ``folder``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    if model.spec.tie_embeddings:
+        state.pop("lm_head.weight", None)  # safetensors refuses shared storage; re-tied on load
+    save_file(state, str(folder / "model.safetensors"))
+    meta = {"spec": spec_to_dict(model.spec), **(extra or {})}
+    (folder / "spec.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+    return folder
+
+
+def load_model(folder: str | Path, map_location: str = "cpu") -> DecoderLM:
+    """Rebuild a :class:`DecoderLM` from a model folder written by :func:`save_model`."""
+    folder = Path(folder)
+    for name in ("model.safetensors", "spec.json"):
+        if not (folder / name).is_file():
+            raise FileNotFoundError(f"{folder / name}: missing; is {folder} a model folder written by save_model?")
+    spec = spec_from_dict(json.loads((folder / "spec.json").read_text())["spec"])
+    model = DecoderLM(spec)
+    state = load_file(str(folder / "model.safetensors"), device=map_location)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    allowed_missing = {"lm_head.weight"} if spec.tie_embeddings else set()
+    if set(missing) - allowed_missing or unexpected:
+        raise ValueError(f"{folder}: weights do not match spec (missing {missing}, unexpected {unexpected})")
+    return model
+
+
+def save_checkpoint(folder: str | Path, model: DecoderLM, optimizer, scheduler, state: dict[str, Any]) -> Path:
+    """Atomically write a resumable checkpoint into ``folder`` (e.g. ``.../step-000050``)."""
+    folder = Path(folder)
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_model(model, tmp)
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    (tmp / "scheduler.json").write_text(json.dumps(scheduler.state_dict()))
+    rng = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.stack(torch.cuda.get_rng_state_all())
+    torch.save(rng, tmp / "rng.pt")
+    (tmp / "state.json").write_text(json.dumps(state, indent=1, sort_keys=True))
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(tmp, folder)
+    return folder
+
+
+def load_checkpoint(folder: str | Path, model: DecoderLM, optimizer, scheduler) -> dict[str, Any]:
+    """Restore model, optimizer, scheduler and RNG in place; return the trainer state dict."""
+    folder = Path(folder)
+    loaded = load_model(folder)
+    model.load_state_dict(loaded.state_dict())
+    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True))
+    scheduler.load_state_dict(json.loads((folder / "scheduler.json").read_text()))
+    rng = torch.load(folder / "rng.pt", weights_only=True)
+    torch.set_rng_state(rng["torch"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(list(rng["cuda"]))
+    return json.loads((folder / "state.json").read_text())
+
+
+def list_checkpoints(folder: str | Path) -> list[Path]:
+    """Complete checkpoints in ``folder``, oldest first (half-written ``.tmp`` folders are ignored)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = [p for p in folder.iterdir() if p.is_dir() and p.name.startswith(STEP_PREFIX)
+             and not p.name.endswith(".tmp") and (p / "state.json").is_file()]
+    return sorted(found, key=lambda p: int(p.name[len(STEP_PREFIX):]))
+
+
+def prune_checkpoints(folder: str | Path, keep: int) -> None:
+    for old in list_checkpoints(folder)[:-keep]:
+        shutil.rmtree(old)

@@ -1,0 +1,234 @@
+"""Pretraining loop on accelerate: AdamW, warmup + cosine/WSD, token-normalized accumulation,
+bf16 autocast on CUDA (fp32 on CPU), clipping, token-budget snapshots and exact resume.
+
+Data position is the optimizer step: ``ChunkSampler.batch(step, batch_size)`` is a pure function of
+the step, every process draws the same global batch and keeps its own slice, so resume and
+multi-process runs see exactly the data a single uninterrupted process would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from tqdm.auto import tqdm
+
+from .. import provenance
+from ..config import TrainConfig, fingerprint
+from ..data import ChunkSampler, ShardedTokens, eval_windows
+from ..eval.loss import evaluate_loss
+from ..models import DecoderLM, LMSpec
+from . import checkpoint as ckpt
+from .schedule import lr_multiplier
+
+log = logging.getLogger(__name__)
+
+# Fields that do not change the trained weights: editing them must not discard resumable checkpoints.
+_NON_SEMANTIC = ("save_every_steps", "keep_checkpoints", "log_every_steps", "eval_every_steps", "eval_windows")
+
+
+@dataclass
+class TrainResult:
+    rows: list[dict[str, Any]]
+    final_dir: Path
+    budget_dirs: dict[int, Path] = field(default_factory=dict)
+    resumed_from_step: int | None = None
+    completed: bool = True
+
+
+def make_accelerator(precision: str = "auto") -> Accelerator:
+    """bf16 autocast on CUDA, fp32 on CPU (``precision='auto'``)."""
+    cuda = torch.cuda.is_available()
+    if precision == "bf16" and not cuda:
+        raise ValueError("train.precision: 'bf16' needs a CUDA device; use 'auto' or 'fp32' on CPU")
+    mixed = "bf16" if (precision == "bf16" or (precision == "auto" and cuda)) else "no"
+    return Accelerator(cpu=not cuda, mixed_precision=mixed)
+
+
+def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW; weight decay on matrices only (norm gains are not decayed)."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    # foreach=False: the single-tensor path gives bit-identical results across save/resume on CPU.
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, foreach=False)
+
+
+class Trainer:
+    """Train ``DecoderLM(spec)`` on ``train_dir`` shards.
+
+    out_dir:  final weights (``final/``) and token-budget snapshots (``budget-<tokens>/``).
+    ckpt_dir: resumable checkpoints, keyed by a fingerprint of (spec, training config, data) so a
+              changed configuration never resumes from incompatible state (old ones are kept).
+    """
+
+    def __init__(self, spec: LMSpec, cfg: TrainConfig, train_dir: str | Path, out_dir: str | Path,
+                 ckpt_dir: str | Path, val_dir: str | Path | None = None, log_path: str | Path | None = None,
+                 provenance_path: str | Path | None = None, run_config: Any = None,
+                 accelerator: Accelerator | None = None, progress: bool = True):
+        self.spec, self.cfg = spec, cfg
+        self.accelerator = accelerator or make_accelerator(cfg.precision)
+        self.train_tokens = ShardedTokens(train_dir)
+        self.val_tokens = ShardedTokens(val_dir) if val_dir is not None else None
+        if self.train_tokens.vocab_size > spec.vocab_size:
+            raise ValueError(f"shards in {train_dir} use vocab {self.train_tokens.vocab_size} > model vocab {spec.vocab_size}")
+        self.sampler = ChunkSampler(self.train_tokens, cfg.seq_len, cfg.seed)
+        self.out_dir, self.log_path = Path(out_dir), Path(log_path) if log_path else None
+        self.provenance_path = Path(provenance_path) if provenance_path else None
+        self.run_config, self.progress = run_config, progress
+        semantic = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _NON_SEMANTIC}
+        data_id = sorted(s["sha256"] for s in self.train_tokens.index["shards"])
+        self.fingerprint = fingerprint({"spec": dataclasses.asdict(spec), "train": semantic, "data": data_id})
+        self.ckpt_dir = Path(ckpt_dir) / self.fingerprint
+        world = self.accelerator.num_processes
+        if cfg.batch_size % (cfg.micro_batch_size * world):
+            raise ValueError(f"train.batch_size {cfg.batch_size} must be a multiple of micro_batch_size × processes "
+                             f"= {cfg.micro_batch_size} × {world}")
+
+    # -- setup ---------------------------------------------------------------------------------
+    def _build(self):
+        set_seed(self.cfg.seed)
+        model = DecoderLM(self.spec)
+        optimizer = build_optimizer(model, self.cfg)
+        total = self.cfg.max_steps
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(lr_multiplier, total_steps=total, cfg=self.cfg))
+        return model, optimizer, scheduler
+
+    def _resume(self, model, optimizer, scheduler) -> dict[str, Any] | None:
+        found = ckpt.list_checkpoints(self.ckpt_dir)
+        if not found:
+            return None
+        state = ckpt.load_checkpoint(found[-1], model, optimizer, scheduler)
+        log.info("resuming from %s (step %d)", found[-1], state["step"])
+        return state
+
+    # -- loop ----------------------------------------------------------------------------------
+    def fit(self, until_step: int | None = None) -> TrainResult:
+        """Train to ``cfg.max_steps`` (or stop early after ``until_step`` steps, as a preemption would)."""
+        acc, cfg = self.accelerator, self.cfg
+        model, optimizer, scheduler = self._build()
+        state = self._resume(model, optimizer, scheduler)
+        start = state["step"] if state else 0
+        rows: list[dict[str, Any]] = state["rows"] if state else []
+        model, optimizer = acc.prepare(model, optimizer)  # the scheduler is stepped by us, once per step
+        total = cfg.max_steps
+        stop = total if until_step is None else min(total, until_step)
+        world, rank = acc.num_processes, acc.process_index
+        per_proc = cfg.batch_size // world
+        global_tokens = cfg.batch_size * cfg.seq_len
+        budgets = list(cfg.checkpoint_tokens)
+        bar = tqdm(total=total, initial=start, desc="train", disable=not (self.progress and acc.is_main_process))
+        t0 = time.perf_counter()
+        for step in range(start, stop):
+            batch = self.sampler.batch(step, cfg.batch_size)[rank * per_proc:(rank + 1) * per_proc]
+            micro = batch.split(cfg.micro_batch_size)
+            loss_sum = torch.zeros((), device=acc.device, dtype=torch.float64)
+            for i, mb in enumerate(micro):
+                mb = mb.to(acc.device)
+                # Only the last micro-batch synchronizes gradients across processes.
+                sync = contextlib.nullcontext() if i == len(micro) - 1 else acc.no_sync(model)
+                with sync, acc.autocast():
+                    logits = model(mb[:, :-1])
+                    loss = F.cross_entropy(logits.float().flatten(0, 1), mb[:, 1:].flatten(), reduction="sum")
+                    # Sum over tokens / global token count; × world undoes DDP's gradient averaging.
+                    acc.backward(loss * (world / global_tokens))
+                loss_sum += loss.detach().double()
+            grad_norm = self._clip(model)
+            lr = scheduler.get_last_lr()[0]
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            loss_value = acc.reduce(loss_sum, reduction="sum").item() / global_tokens
+            done = step + 1
+            tokens = done * global_tokens
+            row = {"step": done, "tokens": tokens, "loss": loss_value, "lr": lr, "grad_norm": grad_norm}
+            if cfg.eval_every_steps and self.val_tokens is not None and (done % cfg.eval_every_steps == 0 or done == total):
+                row["val_loss"] = self._val_loss(model)
+            if done % cfg.log_every_steps == 0 or done == total or "val_loss" in row:
+                row["elapsed_s"] = round(time.perf_counter() - t0, 3)
+                rows.append(row)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_value:.3f}")
+            crossed = [b for b in budgets if tokens - global_tokens < b <= tokens]
+            for b in crossed:
+                self._save_budget(model, b, tokens)
+            if done % cfg.save_every_steps == 0 or done == stop:
+                self._save_checkpoint(model, optimizer, scheduler, done, rows)
+        bar.close()
+        completed = stop == total
+        final_dir = self.out_dir / "final"
+        if completed and acc.is_main_process:
+            self._publish(model, rows, start)
+        acc.wait_for_everyone()
+        budget_dirs = {b: self.out_dir / f"budget-{b}" for b in budgets}
+        return TrainResult(rows, final_dir, budget_dirs, resumed_from_step=start or None, completed=completed)
+
+    def _clip(self, model) -> float:
+        params = [p for p in model.parameters() if p.grad is not None]
+        if self.cfg.grad_clip:
+            return float(self.accelerator.clip_grad_norm_(params, self.cfg.grad_clip))
+        return float(torch.linalg.vector_norm(torch.stack([p.grad.detach().norm() for p in params])))
+
+    def _val_loss(self, model) -> float:
+        windows = eval_windows(self.val_tokens, self.cfg.seq_len, self.cfg.eval_windows, self.cfg.micro_batch_size)
+        return evaluate_loss(self.accelerator.unwrap_model(model), windows, self.accelerator.device)["loss"]
+
+    # -- persistence ---------------------------------------------------------------------------
+    def _save_checkpoint(self, model, optimizer, scheduler, step, rows) -> None:
+        if self.accelerator.is_main_process:
+            state = {"step": step, "rows": rows, "fingerprint": self.fingerprint}
+            ckpt.save_checkpoint(self.ckpt_dir / f"{ckpt.STEP_PREFIX}{step:07d}",
+                                 self.accelerator.unwrap_model(model), optimizer, scheduler, state)
+            ckpt.prune_checkpoints(self.ckpt_dir, self.cfg.keep_checkpoints)
+        self.accelerator.wait_for_everyone()
+
+    def _save_budget(self, model, budget: int, tokens: int) -> None:
+        # Snapshots live beside the resumable checkpoints (a persistent folder) so a resumed run still
+        # has the ones written before the interruption; _publish copies them to out_dir.
+        if self.accelerator.is_main_process:
+            ckpt.save_model(self.accelerator.unwrap_model(model), self.ckpt_dir / "budgets" / f"budget-{budget}",
+                            extra={"budget_tokens": budget, "tokens_seen": tokens})
+
+    def _publish(self, model, rows, start) -> None:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        final = self.out_dir / "final"
+        ckpt.save_model(self.accelerator.unwrap_model(model), final,
+                        extra={"tokens_seen": self.cfg.max_steps * self.cfg.tokens_per_step})
+        budgets = self.ckpt_dir / "budgets"
+        if budgets.is_dir():
+            for snap in sorted(budgets.iterdir()):
+                shutil.copytree(snap, self.out_dir / snap.name, dirs_exist_ok=True)
+        if self.log_path:
+            write_rows(self.log_path, rows)
+        if self.provenance_path:
+            provenance.write(self.provenance_path, provenance.collect(
+                self.run_config, seed=self.cfg.seed, checkpoint_fingerprint=self.fingerprint,
+                resumed_from_step=start or None, processes=self.accelerator.num_processes,
+                parameters=self.accelerator.unwrap_model(model).num_parameters(),
+                train_tokens=self.train_tokens.num_tokens))
+
+
+def write_rows(path: str | Path, rows: list[dict[str, Any]]) -> Path:
+    """Per-step metrics as CSV (a DVC plot); columns are the union of the rows' keys."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    columns: list[str] = []
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    return path

@@ -1,0 +1,167 @@
+"""Backend dispatch: precedence (explicit > forced > automatic), clear errors for unavailable or unknown
+backends, logging once per (op, backend), and the provenance registry."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from lmrepro.ops import (
+    BackendUnavailableError,
+    attention,
+    backend_available,
+    backends_used,
+    force_backend,
+    gated_delta_rule,
+    lightning_attention,
+    mamba2_ssd,
+    reset_backends_used,
+    select_backend,
+)
+from lmrepro.ops.dispatch import OP_BACKENDS
+
+LINEAR_OPS = ["lightning_attention", "mamba2_ssd", "gated_delta_rule"]
+
+
+@pytest.fixture(autouse=True)
+def _fresh_registry():
+    reset_backends_used()
+    yield
+    reset_backends_used()
+
+
+def run_all_ops(**kw):
+    """Call every public op once on tiny CPU inputs."""
+    x = torch.randn(1, 5, 2, 4)
+    g = torch.full((1, 5, 2), -0.1)
+    attention(x, x, x, window=kw.get("window"), backend=kw.get("attention"))
+    lightning_attention(x, x, x, [-0.1, -0.2], backend=kw.get("linear"))
+    mamba2_ssd(x, g.abs(), torch.tensor([-1.0, -0.5]), x, x, backend=kw.get("linear"))
+    gated_delta_rule(x, x, x, g, torch.full((1, 5, 2), 0.5), backend=kw.get("linear"))
+
+
+def test_automatic_on_cpu():
+    run_all_ops()
+    assert backends_used() == {
+        "attention": "sdpa",
+        "gated_delta_rule": "chunked",
+        "lightning_attention": "chunked",
+        "mamba2_ssd": "chunked",
+    }
+    for op in OP_BACKENDS:
+        assert select_backend(op, device="cpu") == ("sdpa" if op == "attention" else "chunked")
+
+
+def test_force_backend_naive_applies_to_all_ops_and_restores():
+    with force_backend("naive"):
+        run_all_ops(window=3)
+        assert set(backends_used().values()) == {"naive"}
+    reset_backends_used()
+    run_all_ops()
+    assert backends_used()["gated_delta_rule"] == "chunked"
+
+
+def test_force_chunked_leaves_attention_automatic():
+    with force_backend("chunked"):
+        run_all_ops()
+    used = backends_used()
+    assert used["attention"] == "sdpa"
+    assert all(used[op] == "chunked" for op in LINEAR_OPS)
+
+
+def test_explicit_beats_forced_and_inner_force_beats_outer():
+    with force_backend("naive"):
+        assert select_backend("gated_delta_rule", "chunked") == "chunked"
+        with force_backend({"gated_delta_rule": "chunked"}):
+            assert select_backend("gated_delta_rule") == "chunked"
+            assert select_backend("mamba2_ssd") == "naive"  # outer override still applies
+        assert select_backend("gated_delta_rule") == "naive"
+    assert select_backend("gated_delta_rule") == "chunked"
+
+
+def test_force_restored_after_exception():
+    with pytest.raises(RuntimeError, match="boom"):
+        with force_backend("naive"):
+            raise RuntimeError("boom")
+    assert select_backend("mamba2_ssd") == "chunked"
+
+
+def test_force_scoped_to_ops():
+    with force_backend("naive", ops=["mamba2_ssd"]):
+        assert select_backend("mamba2_ssd") == "naive"
+        assert select_backend("gated_delta_rule") == "chunked"
+
+
+@pytest.mark.parametrize("op", LINEAR_OPS)
+def test_forced_unavailable_kernel_raises(op):
+    with force_backend("fla"):
+        with pytest.raises(BackendUnavailableError, match=f"{op}: backend 'fla' \\(forced\\)"):
+            select_backend(op, device="cpu")
+    with pytest.raises(BackendUnavailableError, match="need CUDA tensors"):
+        select_backend(op, "fla", device="cpu")
+    assert op not in backends_used()  # nothing recorded for a refused choice
+
+
+def test_unavailable_backend_raises_from_public_ops():
+    x = torch.randn(1, 5, 2, 4)
+    g = torch.full((1, 5, 2), -0.1)
+    with force_backend("fla"):
+        with pytest.raises(BackendUnavailableError):
+            gated_delta_rule(x, x, x, g, g.abs())
+        with pytest.raises(BackendUnavailableError):
+            lightning_attention(x, x, x, [-0.1, -0.2])
+        with pytest.raises(BackendUnavailableError):
+            mamba2_ssd(x, g.abs(), torch.tensor([-1.0, -0.5]), x, x)
+        attention(x, x, x)  # "fla" is no attention backend: attention stays automatic
+    with force_backend("flash"):
+        with pytest.raises(BackendUnavailableError, match="flash"):
+            attention(x, x, x)
+
+
+def test_flash_refuses_sinks_even_on_cuda_request():
+    ok, reason = backend_available("attention", "flash", device="cuda", sinks=2)
+    assert not ok  # on CPU machines the device reason comes first; on GPU the sink reason
+    ok, reason = backend_available("attention", "flex", device="cpu")
+    assert ok, reason
+
+
+def test_unknown_names_raise_value_error():
+    with pytest.raises(ValueError, match="not a backend of op 'attention'"):
+        select_backend("attention", "chunked")
+    with pytest.raises(ValueError, match="unknown op"):
+        select_backend("conv", None)
+    with pytest.raises(ValueError, match="unknown backend"):
+        with force_backend("cuda"):
+            pass
+    with pytest.raises(ValueError, match="not a backend of op 'attention'"):
+        with force_backend("chunked", ops=["attention"]):
+            pass
+    with pytest.raises(ValueError, match="not a backend of op"):
+        with force_backend({"attention": "fla"}):
+            pass
+    x = torch.randn(1, 3, 1, 4)
+    with pytest.raises(ValueError, match="allowed"):
+        gated_delta_rule(x, x, x, torch.zeros(1, 3, 1), torch.zeros(1, 3, 1), backend="sdpa")
+
+
+def test_registry_lists_every_backend_used_in_order():
+    select_backend("mamba2_ssd", "chunked")
+    select_backend("mamba2_ssd", "naive")
+    select_backend("mamba2_ssd", "chunked")
+    assert backends_used() == {"mamba2_ssd": "chunked,naive"}
+    reset_backends_used()
+    assert backends_used() == {}
+
+
+def test_logs_once_per_op_and_backend(caplog):
+    with caplog.at_level(logging.INFO, logger="lmrepro.ops"):
+        for _ in range(3):
+            select_backend("gated_delta_rule")
+        select_backend("gated_delta_rule", "naive")
+    infos = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    assert infos == [
+        "gated_delta_rule: using backend 'chunked' (auto, device cpu)",
+        "gated_delta_rule: using backend 'naive' (explicit, device cpu)",
+    ]
