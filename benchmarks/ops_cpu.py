@@ -47,13 +47,12 @@ PATHS = {
     "mamba2_ssd": (naive_mamba2_ssd, chunked_mamba2_ssd),
     "gated_delta_rule": (naive_gated_delta_rule, chunked_gated_delta_rule),
 }
-GRAD_KEYS = {"decay", "A", "D"}  # parameters; everything else is an activation
 
 
 def fwd_bwd_seconds(fn, args: dict, repeats: int, **kw) -> float:
     times = []
     for i in range(repeats + 1):  # first run is a warm-up
-        leaves = {k: v.clone().requires_grad_(k not in GRAD_KEYS or k == "decay") for k, v in args.items()}
+        leaves = {k: v.clone().requires_grad_(k != "decay") for k, v in args.items()}
         t0 = time.perf_counter()
         o, _ = fn(**leaves, **kw)
         o.sum().backward()

@@ -1,0 +1,51 @@
+# Two commands for a fresh machine (see README):
+#   make repro   – set up, then regenerate every figure with `dvc repro` (profile from params.yaml, default laptop)
+#   make test    – set up, then run the test suite
+# Other profiles: `make repro PROFILE=paper` runs `dvc exp run -S profile=paper` (a tracked DVC experiment).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+PROFILE ?=
+PYTEST_ARGS ?=
+export PATH := $(BIN):$(PATH)
+# No telemetry, no Hub access from code paths that would otherwise try.
+export DVC_NO_ANALYTICS := 1
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup repro test bench notebooks-clean notebooks-check lock lab
+
+setup: $(VENV)/.setup-done
+
+$(VENV)/.setup-done: pyproject.toml requirements/lock.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# torch first and pinned: this resolves to the CPU build here; an unpinned torch pulls a CUDA build.
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -c requirements/lock.txt -e ".[dev]"
+	$(BIN)/python -m ipykernel install --sys-prefix --name lmrepro --display-name "Python (lmrepro)" >/dev/null
+	test -d .dvc || $(BIN)/dvc init --quiet
+	touch $@
+
+repro: setup
+	@if [ -z "$(PROFILE)" ]; then dvc repro; else dvc exp run -S profile=$(PROFILE); fi
+
+test: setup
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: setup
+	$(BIN)/python benchmarks/ops_cpu.py
+	$(BIN)/python benchmarks/models_cpu.py
+
+lab: setup
+	$(BIN)/jupyter lab notebooks/
+
+notebooks-clean: setup
+	$(BIN)/python -m lmrepro.notebooks clean notebooks
+
+notebooks-check: setup
+	$(BIN)/python -m lmrepro.notebooks check notebooks
+
+# Refresh the exact versions after changing dependencies in pyproject.toml.
+lock: setup
+	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^lmrepro' | sed 's/^torch==\(.*\)+cpu$$/torch==\1/' > requirements/lock.txt
