@@ -120,11 +120,11 @@ def test_unavailable_backend_raises_from_public_ops():
             attention(x, x, x)
 
 
-def test_flash_refuses_sinks_even_on_cuda_request():
-    ok, reason = backend_available("attention", "flash", device="cuda", sinks=2)
-    assert not ok  # on CPU machines the device reason comes first; on GPU the sink reason
-    ok, reason = backend_available("attention", "flex", device="cpu")
-    assert ok, reason
+def test_backend_available_reasons():
+    assert backend_available("attention", "flex", device="cpu")[0]  # forward-only there, see below
+    assert backend_available("mamba2_ssd", "naive")[0] and backend_available("mamba2_ssd", "chunked")[0]
+    ok, reason = backend_available("gated_delta_rule", "fla", device="cpu")
+    assert not ok and "CUDA" in reason
 
 
 def test_unknown_names_raise_value_error():
@@ -165,3 +165,32 @@ def test_logs_once_per_op_and_backend(caplog):
         "gated_delta_rule: using backend 'chunked' (auto, device cpu)",
         "gated_delta_rule: using backend 'naive' (explicit, device cpu)",
     ]
+
+
+def test_flex_on_cpu_is_forward_only():
+    x = torch.randn(1, 6, 2, 8)
+    attention(x, x, x, window=2, backend="flex")  # fine without grad
+    with pytest.raises(BackendUnavailableError, match="no backward on CPU"):
+        attention(x.requires_grad_(True), x, x, window=2, backend="flex")
+
+
+def test_automatic_rule_on_cuda(monkeypatch):
+    """The CUDA branch of the automatic rule, with the kernel libraries pretended installed
+    (select_backend only inspects the device type; nothing runs on a GPU here)."""
+    from lmrepro.ops import dispatch
+
+    monkeypatch.setattr(dispatch, "_installed", lambda module: True)
+    cuda, bf16 = torch.device("cuda"), torch.bfloat16
+    for op in LINEAR_OPS:
+        assert select_backend(op, device=cuda) == "fla"
+    assert select_backend("attention", device=cuda, dtype=bf16) == "flash"
+    assert select_backend("attention", device=cuda, dtype=bf16, window=128) == "flash"
+    assert select_backend("attention", device=cuda, dtype=bf16, window=128, sinks=4) == "flex"
+    assert select_backend("attention", device=cuda, dtype=torch.float32, window=128) == "flex"
+    assert select_backend("attention", device=cuda, dtype=torch.float32) == "sdpa"
+    assert select_backend("attention", device=cuda, dtype=bf16, same_head_dim=False) == "sdpa"
+    with pytest.raises(BackendUnavailableError, match="sink"):
+        select_backend("attention", "flash", device=cuda, dtype=bf16, window=128, sinks=4)
+    monkeypatch.setattr(dispatch, "_installed", lambda module: False)
+    assert select_backend("gated_delta_rule", device=cuda) == "chunked"
+    assert select_backend("attention", device=cuda, dtype=bf16) == "sdpa"

@@ -371,3 +371,13 @@ def test_fla_kernel_matches_reference(op, dtype, tol):
     o, s = case.public(cuda, initial_state=s0.cuda(), output_final_state=True, backend="fla")
     assert o.dtype == dtype
     assert rel(o.float().cpu(), o_ref) <= tol and rel(s.float().cpu(), s_ref) <= tol
+
+
+@pytest.mark.parametrize("op", OP_NAMES)
+@pytest.mark.parametrize("path", ["naive", "chunked"])
+def test_empty_sequence_returns_initial_state(op, path):
+    case = OPS[op]
+    args, sshape = case.make(1, 0, 2, 8, 4, torch.float32, seed=0)
+    s0 = torch.randn(sshape)
+    o, s = getattr(case, path)(args, initial_state=s0, output_final_state=True)
+    assert o.shape[1] == 0 and torch.equal(s, s0)

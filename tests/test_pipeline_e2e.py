@@ -98,4 +98,4 @@ def test_invalid_parameter_fails_the_stage_visibly_and_checkpoints_survive(repo)
     # Fixed again: the pretrain stage resumes from its persistent checkpoint instead of retraining.
     out = _run(["dvc", "repro"], repo)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    assert "resumed from the checkpoint" in out.stdout
+    assert "resumed from the checkpoint" in out.stdout + out.stderr

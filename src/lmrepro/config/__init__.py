@@ -53,21 +53,26 @@ def load_params(path: str | Path | None = None) -> dict[str, Any]:
 def load_config(path: str | Path | None = None, profile: str | None = None) -> Config:
     """Validate params.yaml and return the profile named by ``profile`` (default: its ``profile`` key)."""
     raw = load_params(path)
-    unknown = sorted(set(raw) - {"profile", "profiles"})
+    unknown = sorted(set(raw) - {"profile", "profiles"}, key=str)
     if unknown:
         raise ConfigError(f"{unknown[0]}: unknown top-level key; allowed are ['profile', 'profiles']")
     profiles = raw.get("profiles")
     if not isinstance(profiles, dict):
         raise ConfigError("profiles: missing or not a mapping of profile name → settings")
-    extra = sorted(set(profiles) - set(PROFILES))
+    extra = sorted(set(profiles) - set(PROFILES), key=str)
     if extra:
         raise ConfigError(f"profiles.{extra[0]}: unknown profile; allowed are {list(PROFILES)}")
     missing = [p for p in PROFILES if p not in profiles]
     if missing:
         raise ConfigError(f"profiles.{missing[0]}: missing; every profile of {list(PROFILES)} must be defined")
-    selected = profile if profile is not None else raw.get("profile", "laptop")
-    if selected not in PROFILES:
-        raise ConfigError(f"profile: {selected!r} is not allowed; choose one of {list(PROFILES)}")
+    # The file's own `profile` key is checked even when the caller overrides it, so a typo there
+    # cannot hide until the next run without an override.
+    default = raw.get("profile", "laptop")
+    if not isinstance(default, str) or default not in PROFILES:
+        raise ConfigError(f"profile: {default!r} is not allowed; choose one of {list(PROFILES)}")
+    selected = profile if profile is not None else default
+    if not isinstance(selected, str) or selected not in PROFILES:
+        raise ConfigError(f"profile: {selected!r} (requested) is not allowed; choose one of {list(PROFILES)}")
     built = {}
     for name in PROFILES:
         section = profiles[name]

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .schema_tools import bounded, require
+from .layers import parse_layer_token
+from .schema_tools import ConfigError, bounded, require
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -47,7 +48,11 @@ class TokenizerConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class ModelConfig:
-    """Llama-style decoder; per-layer mixers and widths are added by the paper sections."""
+    """Llama-style decoder with a per-layer mixer pattern (see :mod:`lmrepro.config.layers`).
+
+    ``mixer`` is the layer type everywhere; with ``full_attention_every = k`` the last layer of every
+    group of k is full attention instead (NoPE there when ``full_attention_rope`` is false).
+    """
 
     hidden_size: int = bounded(min=8)
     num_layers: int = bounded(min=1)
@@ -59,8 +64,28 @@ class ModelConfig:
     norm_eps: float = bounded(1e-5, min=0.0, max=0.1)
     tie_embeddings: bool = False
     init_std: float = bounded(0.02, min=0.0, max=1.0)
+    mixer: str = "full"
+    full_attention_every: int | None = bounded(None, min=1)
+    full_attention_rope: bool = True
+    conv_kernel: int = bounded(4, min=1, max=16)
+    ssm_state_size: int = bounded(32, min=1)
+    ssm_expand: int = bounded(2, min=1)
+    ssm_head_dim: int = bounded(32, min=1)
+    gdn_expand_v: int = bounded(1, min=1)
 
     def check(self, path: str) -> None:
+        try:
+            mixer, window, _ = parse_layer_token(self.mixer)
+        except ValueError as err:
+            raise ConfigError(f"{path}.mixer: {err}") from None
+        require(window is None or window <= self.max_seq_len, f"{path}.mixer",
+                f"window {window} is larger than max_seq_len {self.max_seq_len}")
+        require(self.full_attention_every is None or self.full_attention_every <= self.num_layers,
+                f"{path}.full_attention_every",
+                f"{self.full_attention_every} exceeds num_layers {self.num_layers}: no layer would be full attention")
+        require(mixer != "mamba2" or (self.ssm_expand * self.hidden_size) % self.ssm_head_dim == 0,
+                f"{path}.ssm_head_dim",
+                f"{self.ssm_head_dim} must divide ssm_expand·hidden_size = {self.ssm_expand * self.hidden_size}")
         require(self.hidden_size % self.num_heads == 0, f"{path}.num_heads",
                 f"{self.num_heads} heads do not divide hidden_size {self.hidden_size}")
         head_dim = self.hidden_size // self.num_heads
@@ -114,6 +139,10 @@ class TrainConfig:
                     f"budget {t} exceeds max_tokens {self.max_tokens}")
         require(self.checkpoint_tokens == sorted(set(self.checkpoint_tokens)), f"{path}.checkpoint_tokens",
                 "budgets must be strictly increasing")
+        # wsd's warmup and final decay must not overlap (lr_multiplier would jump mid-run).
+        require(self.schedule != "wsd" or self.warmup_fraction + self.decay_fraction <= 1.0,
+                f"{path}.decay_fraction",
+                f"wsd needs warmup_fraction + decay_fraction <= 1, got {self.warmup_fraction} + {self.decay_fraction}")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -8,6 +8,7 @@ method on the dataclass, called after every field has been built.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from typing import Any, Union, get_args, get_origin
@@ -77,13 +78,19 @@ def _convert(value: Any, tp, path: str):
             raise ConfigError(f"{path}: expected true or false, got {value!r}")
         return value
     if tp is int:
-        # YAML gives ints; accept floats like 1e6 only when they are whole numbers.
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+        # YAML gives ints; accept floats like 1.0e6 only when they are whole numbers
+        # (and finite: int(inf) would raise OverflowError instead of a ConfigError).
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{path}: expected an integer, got {value!r}")
+        if isinstance(value, float) and not (math.isfinite(value) and value.is_integer()):
             raise ConfigError(f"{path}: expected an integer, got {value!r}")
         return int(value)
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{path}: expected a number, got {value!r}")
+        # .nan passes every bound check (comparisons are False) and .inf passes open-ended ones.
+        if not math.isfinite(value):
+            raise ConfigError(f"{path}: expected a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -119,7 +126,7 @@ def build(cls, data: Any, path: str):
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping ({cls.__name__}), got {data!r}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
+    unknown = sorted(set(data) - set(fields), key=str)  # YAML keys need not all be strings
     if unknown:
         raise ConfigError(
             f"{path}.{unknown[0]}: unknown key; allowed keys under {path} are {sorted(fields)}"

@@ -15,14 +15,36 @@ from ..config import ModelConfig
 class LayerSpec:
     """One block: sequence mixer + SwiGLU MLP.
 
-    mixer: name in ``lmrepro.models.mixers.MIXERS`` ("attention" for now).
-    window: sliding window W (query sees itself and W−1 previous tokens); None = full causal.
-    rope: rotary position encoding on this layer's attention (False = NoPE).
+    mixer: name in ``lmrepro.models.MIXERS``: "attention", "lightning", "mamba2" or "gdn".
+    window: attention only: sliding window W >= 1 (query sees itself and W−1 previous tokens);
+        None = full causal.
+    rope: attention only: rotary position encoding (False = NoPE).
     """
 
     mixer: str = "attention"
     window: int | None = None
     rope: bool = True
+
+    def __post_init__(self):
+        # window=0 would mask every key (NaN rows); a float/bool window is a caller's mistake.
+        w = self.window
+        if w is not None and (isinstance(w, bool) or not isinstance(w, int) or w < 1):
+            raise ValueError(f"window: must be None or an int >= 1, got {w!r}")
+        if self.mixer != "attention" and (w is not None or not self.rope):
+            raise ValueError(f"window / rope apply to attention layers only, not to mixer {self.mixer!r}")
+
+    @property
+    def is_full_attention(self) -> bool:
+        """A global (unwindowed) softmax-attention layer: the layers hybrids keep few of."""
+        return self.mixer == "attention" and self.window is None
+
+    @property
+    def name(self) -> str:
+        """Pattern token of this layer (see :mod:`lmrepro.models.hybrid`)."""
+        if self.mixer != "attention":
+            return self.mixer
+        base = "full" if self.window is None else f"swa-{self.window}"
+        return base if self.rope else base + "-nope"
 
 
 @dataclass(frozen=True)
@@ -39,12 +61,26 @@ class LMSpec:
     tie_embeddings: bool = False
     init_std: float = 0.02
     layers: tuple[LayerSpec, ...] = field(default_factory=tuple)
+    # Efficient mixers (Mamba-2, Gated DeltaNet): short-conv kernel, SSM state/expansion, GDN value expansion.
+    conv_kernel: int = 4
+    ssm_state_size: int = 32
+    ssm_expand: int = 2
+    ssm_head_dim: int = 32
+    gdn_expand_v: int = 1
 
     def __post_init__(self):
+        # A list would make the frozen spec unhashable and let it be mutated in place.
+        object.__setattr__(self, "layers", tuple(self.layers))
         if not self.layers:
             object.__setattr__(self, "layers", tuple(LayerSpec() for _ in range(self.num_layers)))
         if len(self.layers) != self.num_layers:
             raise ValueError(f"layers: {len(self.layers)} layer specs for num_layers={self.num_layers}")
+        # Specs are also built directly (tests, dataclasses.replace), bypassing ModelConfig.check:
+        # with heads not dividing hidden_size, head_dim would silently round down.
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"num_heads: {self.num_heads} heads do not divide hidden_size {self.hidden_size}")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(f"num_kv_heads: {self.num_kv_heads} kv heads must divide num_heads {self.num_heads}")
 
     @property
     def head_dim(self) -> int:
@@ -52,6 +88,9 @@ class LMSpec:
 
     @classmethod
     def from_config(cls, model: ModelConfig, vocab_size: int, layers=None) -> "LMSpec":
+        """Spec of ``model`` (its layer pattern unless ``layers`` is given)."""
+        from .hybrid import layers_from_config
+
         return cls(
             vocab_size=vocab_size,
             hidden_size=model.hidden_size,
@@ -64,5 +103,10 @@ class LMSpec:
             norm_eps=model.norm_eps,
             tie_embeddings=model.tie_embeddings,
             init_std=model.init_std,
-            layers=tuple(layers or ()),
+            layers=tuple(layers or layers_from_config(model)),
+            conv_kernel=model.conv_kernel,
+            ssm_state_size=model.ssm_state_size,
+            ssm_expand=model.ssm_expand,
+            ssm_head_dim=model.ssm_head_dim,
+            gdn_expand_v=model.gdn_expand_v,
         )

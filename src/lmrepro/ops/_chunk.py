@@ -71,6 +71,16 @@ def unchunk(x: torch.Tensor, t: int) -> torch.Tensor:
     return x.movedim(1, 3).reshape(b, n * c, h, d)[:, :t]
 
 
+def empty_result(q, v, initial_state, output_final_state, dt):
+    """T = 0: no output steps; the final state is the initial one."""
+    b, _, h, dk = q.shape
+    o = q.new_zeros(b, 0, h, v.shape[-1], dtype=dt)
+    if not output_final_state:
+        return o, None
+    s = initial_state.to(dt) if initial_state is not None else q.new_zeros(b, h, dk, v.shape[-1], dtype=dt)
+    return o, s
+
+
 def masked_decay(gc: torch.Tensor, *, strict: bool = False) -> torch.Tensor:
     """Γ from cumulative log decays ``gc`` [..., C]: exp(gc_i - gc_j) on/below the diagonal, else 0.
 
@@ -104,6 +114,8 @@ def chunked_scalar_decay(
     dt = acc_dtype(q, k, v, g, initial_state)
     b, t, h, dk = q.shape
     dv = v.shape[-1]
+    if t == 0:
+        return empty_result(q, v, initial_state, output_final_state, dt)
     qc, kc, vc = (chunk_view(x.to(dt), chunk_size) for x in (q, k, v))  # [B,H,N,C,*]
     gc = chunk_view(g.to(dt), chunk_size).cumsum(-1)  # [B,H,N,C]
     n = qc.shape[2]

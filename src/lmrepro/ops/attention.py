@@ -19,7 +19,7 @@ softmax attention is the KV cache itself, which the caller owns.
 
 Paths: "naive" (dense mask, fp32 accumulation, the reference), "sdpa" (``scaled_dot_product_attention``
 with an explicit boolean mask, or ``is_causal`` for plain causal Tq == Tk), "flex" (FlexAttention block
-mask; compiled on CUDA, eager/unfused on CPU — usable for tests), "flash" (``flash_attn_func``, CUDA,
+mask; compiled on CUDA, eager/unfused and forward-only on CPU — usable for tests), "flash" (``flash_attn_func``, CUDA,
 fp16/bf16, no sinks: sinks > 0 on CUDA go to flex).
 """
 
@@ -224,6 +224,7 @@ def attention(
     chosen = select_backend(
         "attention", backend, device=q.device, dtype=q.dtype, window=window, sinks=sinks,
         same_head_dim=v.shape[-1] == q.shape[-1],
+        requires_grad=torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v)),
     )
     if chosen == "naive":
         return naive_attention(q, k, v, window=window, sinks=sinks, scale=scale, causal=causal)

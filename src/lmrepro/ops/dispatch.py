@@ -104,11 +104,13 @@ def backend_available(
     dtype: torch.dtype | None = None,
     sinks: int = 0,
     same_head_dim: bool = True,
+    requires_grad: bool = False,
 ) -> tuple[bool, str]:
     """Whether ``backend`` can compute ``op`` for tensors on ``device``; returns ``(ok, reason)``.
 
     ``dtype``, ``sinks`` and ``same_head_dim`` only matter for attention's ``flash`` path
-    (fp16/bf16 only, no sink tokens, value head dim equal to the query/key head dim).
+    (fp16/bf16 only, no sink tokens, value head dim equal to the query/key head dim);
+    ``requires_grad`` for ``flex`` on CPU (torch has no CPU backward for FlexAttention).
     """
     _check_op(op)
     _check_name(op, backend)
@@ -118,6 +120,8 @@ def backend_available(
     if backend == "flex":
         if not _flex_importable():
             return False, "torch.nn.attention.flex_attention is not importable in this torch build"
+        if dev.type == "cpu" and requires_grad:
+            return False, "FlexAttention has no backward on CPU (use sdpa or naive, or run on CUDA)"
         return True, "FlexAttention (compiled on CUDA, eager and unfused on CPU)"
     if backend == "flash":
         if dev.type != "cuda":
@@ -162,6 +166,7 @@ def _flash_features(features: dict) -> dict:
         "dtype": features.get("dtype"),
         "sinks": features.get("sinks", 0),
         "same_head_dim": features.get("same_head_dim", True),
+        "requires_grad": features.get("requires_grad", False),
     }
 
 
@@ -182,6 +187,7 @@ def select_backend(
     window: int | None = None,
     sinks: int = 0,
     same_head_dim: bool = True,
+    requires_grad: bool = False,
 ) -> str:
     """Decide which backend computes ``op`` (see the module docstring for the precedence).
 
@@ -191,7 +197,8 @@ def select_backend(
     """
     _check_op(op)
     dev = torch.device(device)
-    features = dict(dtype=dtype, window=window, sinks=sinks, same_head_dim=same_head_dim)
+    features = dict(dtype=dtype, window=window, sinks=sinks, same_head_dim=same_head_dim,
+                    requires_grad=requires_grad)
     if backend is not None:
         source, chosen = "explicit", backend
         _check_name(op, chosen)

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import torch
 
-from ._chunk import acc_dtype, check_chunk_size, check_state, chunk_view, masked_decay, unchunk
+from ._chunk import acc_dtype, check_chunk_size, check_state, chunk_view, empty_result, masked_decay, unchunk
 from .dispatch import select_backend
 
 __all__ = ["chunked_gated_delta_rule", "gated_delta_rule", "naive_gated_delta_rule"]
@@ -100,6 +100,8 @@ def chunked_gated_delta_rule(
     acc = acc_dtype(q, k, v, g, beta, initial_state)
     b, t, h, dk = q.shape
     dv = v.shape[-1]
+    if t == 0:
+        return empty_result(q, v, initial_state, output_final_state, acc)
     qc, kc, vc = (chunk_view(z.to(acc), chunk_size) for z in (q, k, v))  # [B,H,N,C,*]
     bc = chunk_view(beta.to(acc), chunk_size)  # [B,H,N,C]; padded steps have beta = 0
     gc = chunk_view(g.to(acc), chunk_size).cumsum(-1)

@@ -140,6 +140,7 @@ def mamba2_ssd(
 
     Returns y [B, T, H, P] in x's dtype (D skip included) and the final state [B, H, N, P]
     (float32; float64 for float64 inputs) if ``output_final_state`` else None.
+    ``chunk_size`` is the chunk length of the chunked CPU path (the fla kernel uses its own tiling).
     ``backend``: "naive" | "chunked" | "fla" | None (automatic, see :mod:`lmrepro.ops.dispatch`).
     """
     chosen = select_backend("mamba2_ssd", backend, device=x.device, dtype=x.dtype)

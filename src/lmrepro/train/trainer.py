@@ -46,6 +46,7 @@ class TrainResult:
     budget_dirs: dict[int, Path] = field(default_factory=dict)
     resumed_from_step: int | None = None
     completed: bool = True
+    step: int = 0  # optimizer steps done when fit returned (rows only hold the logged ones)
 
 
 def make_accelerator(precision: str = "auto") -> Accelerator:
@@ -130,6 +131,8 @@ class Trainer:
         global_tokens = cfg.batch_size * cfg.seq_len
         budgets = list(cfg.checkpoint_tokens)
         bar = tqdm(total=total, initial=start, desc="train", disable=not (self.progress and acc.is_main_process))
+        log.info("training steps %d..%d of %d on %d processes (%s, %s)", start + 1, stop, total, world,
+                 acc.device, acc.mixed_precision)
         t0 = time.perf_counter()
         for step in range(start, stop):
             batch = self.sampler.batch(step, cfg.batch_size)[rank * per_proc:(rank + 1) * per_proc]
@@ -173,7 +176,8 @@ class Trainer:
             self._publish(model, rows, start)
         acc.wait_for_everyone()
         budget_dirs = {b: self.out_dir / f"budget-{b}" for b in budgets}
-        return TrainResult(rows, final_dir, budget_dirs, resumed_from_step=start or None, completed=completed)
+        return TrainResult(rows, final_dir, budget_dirs, resumed_from_step=start or None, completed=completed,
+                           step=max(start, stop))
 
     def _clip(self, model) -> float:
         params = [p for p in model.parameters() if p.grad is not None]

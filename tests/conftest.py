@@ -1,0 +1,77 @@
+"""Shared fixtures: a tiny token-shard corpus (real text, byte-level ids) and tiny model/train configs."""
+
+from __future__ import annotations
+
+import dataclasses
+import sysconfig
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lmrepro.config import TrainConfig
+from lmrepro.data import write_shards
+from lmrepro.models import LMSpec
+
+# Byte-level ids 0..255, EOS 256; 258 is the smallest vocabulary params.yaml allows (tokenizer.vocab_size).
+EOS_ID = 256
+VOCAB_SIZE = 258
+_STDLIB_FILES = ("textwrap.py", "string.py", "bisect.py", "colorsys.py", "shlex.py", "heapq.py")
+
+
+def byte_documents(max_bytes: int = 6000) -> list[list[int]]:
+    """Real text without a tokenizer: a few stdlib sources as byte ids (synthetic fallback if missing)."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    docs = [list((root / name).read_bytes()[:max_bytes]) for name in _STDLIB_FILES if (root / name).is_file()]
+    if len(docs) < 3:  # a stripped-down interpreter: deterministic synthetic text instead
+        rng = np.random.default_rng(0)
+        docs = [rng.integers(32, 127, size=max_bytes).tolist() for _ in range(len(_STDLIB_FILES))]
+    return docs
+
+
+def write_token_dirs(root: str | Path, shard_tokens: int = 4096) -> tuple[Path, Path]:
+    """Write ``root/train`` (all but the last document) and ``root/validation`` shard directories."""
+    root = Path(root)
+    docs = byte_documents()
+    train, val = root / "train", root / "validation"
+    write_shards(docs[:-1], train, eos_id=EOS_ID, vocab_size=VOCAB_SIZE, shard_tokens=shard_tokens)
+    write_shards(docs[-1:], val, eos_id=EOS_ID, vocab_size=VOCAB_SIZE, shard_tokens=shard_tokens)
+    return train, val
+
+
+@pytest.fixture(scope="session")
+def token_dirs(tmp_path_factory) -> tuple[Path, Path]:
+    """(train_dir, val_dir): ~30k training tokens in several shards, ~6k validation tokens."""
+    return write_token_dirs(tmp_path_factory.mktemp("tokens"))
+
+
+def tiny_spec(**overrides) -> LMSpec:
+    """hidden 32, 2 layers, 2 heads (head dim 16), seq up to 32: a forward pass takes about a millisecond."""
+    base = dict(vocab_size=VOCAB_SIZE, hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=2,
+                intermediate_size=64, max_seq_len=32)
+    return LMSpec(**{**base, **overrides})
+
+
+def tiny_train_config(**overrides) -> TrainConfig:
+    """seq_len 16, global batch 4 (2 micro-batches of 2), 12 steps, checkpoints every 5 steps."""
+    base = dict(seq_len=16, batch_size=4, micro_batch_size=2, max_tokens=12 * 4 * 16, lr=3e-3,
+                warmup_fraction=0.2, save_every_steps=5, log_every_steps=1, precision="fp32", seed=0)
+    cfg = TrainConfig(**{**base, **overrides})
+    cfg.check("train")  # the loader's cross-field rules, so a bad test config fails loudly
+    return cfg
+
+
+def with_changes(cfg: TrainConfig, **changes) -> TrainConfig:
+    return dataclasses.replace(cfg, **changes)
+
+
+@pytest.fixture(scope="session")
+def make_spec():
+    """Factory fixture: ``make_spec(**overrides)`` → tiny :class:`LMSpec`."""
+    return tiny_spec
+
+
+@pytest.fixture(scope="session")
+def make_train_config():
+    """Factory fixture: ``make_train_config(**overrides)`` → small, checked :class:`TrainConfig`."""
+    return tiny_train_config
