@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import dataclasses
 import sysconfig
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from lmrepro.config import TrainConfig
-from lmrepro.data import write_shards
-from lmrepro.models import LMSpec
+# lmrepro is imported inside the helpers: a package module that is broken mid-edit then fails only
+# the tests that use it, not the collection of every test file.
 
 # Byte-level ids 0..255, EOS 256; 258 is the smallest vocabulary params.yaml allows (tokenizer.vocab_size).
 EOS_ID = 256
@@ -31,6 +29,8 @@ def byte_documents(max_bytes: int = 6000) -> list[list[int]]:
 
 def write_token_dirs(root: str | Path, shard_tokens: int = 4096) -> tuple[Path, Path]:
     """Write ``root/train`` (all but the last document) and ``root/validation`` shard directories."""
+    from lmrepro.data import write_shards
+
     root = Path(root)
     docs = byte_documents()
     train, val = root / "train", root / "validation"
@@ -45,15 +45,19 @@ def token_dirs(tmp_path_factory) -> tuple[Path, Path]:
     return write_token_dirs(tmp_path_factory.mktemp("tokens"))
 
 
-def tiny_spec(**overrides) -> LMSpec:
+def tiny_spec(**overrides):
     """hidden 32, 2 layers, 2 heads (head dim 16), seq up to 32: a forward pass takes about a millisecond."""
+    from lmrepro.models import LMSpec
+
     base = dict(vocab_size=VOCAB_SIZE, hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=2,
                 intermediate_size=64, max_seq_len=32)
     return LMSpec(**{**base, **overrides})
 
 
-def tiny_train_config(**overrides) -> TrainConfig:
+def tiny_train_config(**overrides):
     """seq_len 16, global batch 4 (2 micro-batches of 2), 12 steps, checkpoints every 5 steps."""
+    from lmrepro.config import TrainConfig
+
     base = dict(seq_len=16, batch_size=4, micro_batch_size=2, max_tokens=12 * 4 * 16, lr=3e-3,
                 warmup_fraction=0.2, save_every_steps=5, log_every_steps=1, precision="fp32", seed=0)
     cfg = TrainConfig(**{**base, **overrides})
@@ -61,17 +65,13 @@ def tiny_train_config(**overrides) -> TrainConfig:
     return cfg
 
 
-def with_changes(cfg: TrainConfig, **changes) -> TrainConfig:
-    return dataclasses.replace(cfg, **changes)
-
-
 @pytest.fixture(scope="session")
 def make_spec():
-    """Factory fixture: ``make_spec(**overrides)`` → tiny :class:`LMSpec`."""
+    """Factory fixture: ``make_spec(**overrides)`` → tiny ``LMSpec``."""
     return tiny_spec
 
 
 @pytest.fixture(scope="session")
 def make_train_config():
-    """Factory fixture: ``make_train_config(**overrides)`` → small, checked :class:`TrainConfig`."""
+    """Factory fixture: ``make_train_config(**overrides)`` → small, checked ``TrainConfig``."""
     return tiny_train_config

@@ -24,6 +24,15 @@ from lmrepro.train import checkpoint as ckpt
 BUDGETS = [128, 320, 704]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny matmuls: one intra-op thread is faster than two on a shared 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def cfg(make_train_config):
     return make_train_config(eval_every_steps=4, eval_windows=2, checkpoint_tokens=BUDGETS, keep_checkpoints=2)
@@ -140,7 +149,8 @@ def test_half_written_checkpoints_are_ignored(reference, spec, cfg, token_dirs, 
     (tmp / "model.safetensors").write_bytes(b"\0" * 100)
     (tmp / "state.json").write_text(json.dumps({"step": 10, "rows": [], "fingerprint": t.fingerprint}))
     (t.ckpt_dir / "step-0000011").mkdir()
-    (t.ckpt_dir / "step-latest").mkdir()
+    for stray in ("step-latest", "step-0000009.old"):
+        shutil.copytree(t.ckpt_dir / "step-0000007", t.ckpt_dir / stray)
     assert step_names(t.ckpt_dir) == ["step-0000005", "step-0000007"]
 
     result = trainer(spec, cfg, token_dirs, tmp_path).fit()
@@ -183,7 +193,7 @@ def test_bookkeeping_changes_still_resume(reference, spec, cfg, token_dirs, tmp_
     assert step_names(t.ckpt_dir) == ["step-0000006", "step-0000009", "step-0000012"]
 
 
-# -- (b) gradient accumulation and (loss normalization) ---------------------------------------------
+# -- (b) gradient accumulation and loss normalization -------------------------------------------------------
 
 class GradRecordingTrainer(Trainer):
     """Records the accumulated gradients the optimizer is about to use (before clipping)."""
@@ -254,6 +264,14 @@ def test_load_model_names_the_missing_file(spec, tmp_path, missing):
         load_model(folder)
     with pytest.raises(FileNotFoundError, match="model folder"):
         load_model(tmp_path / "does-not-exist")
+
+
+@pytest.mark.parametrize("text", ["{not json", '{"budget_tokens": 5}', '{"spec": {"hidden_size": 32}}'])
+def test_load_model_rejects_a_broken_spec_json(spec, tmp_path, text):
+    folder = save_model(DecoderLM(spec), tmp_path / "m")
+    (folder / "spec.json").write_text(text)
+    with pytest.raises(ValueError, match="spec.json"):
+        load_model(folder)
 
 
 def test_load_model_rejects_weights_of_another_spec(spec, tmp_path):

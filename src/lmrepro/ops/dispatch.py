@@ -5,7 +5,8 @@ Precedence (highest first):
 1. the op's explicit ``backend=`` argument;
 2. a process-wide override set with :func:`force_backend` (meant for tests and debugging);
 3. the automatic rule: the GPU kernel on CUDA when its library is installed, the chunked
-   PyTorch path (``sdpa`` for attention) otherwise.
+   PyTorch path (``sdpa`` for attention) otherwise. Attention on CUDA: window + sinks -> flex;
+   otherwise flash when installed (fp16/bf16, equal head dims), else flex for a window, else sdpa.
 
 An explicitly requested or forced backend that cannot run here raises
 :class:`BackendUnavailableError`; nothing silently computes something else.
@@ -151,7 +152,7 @@ def _auto(op: str, dev: torch.device, **features) -> str:
         window, sinks = features.get("window"), features.get("sinks", 0)
         if sinks and window is not None:
             return "flex" if backend_available(op, "flex", device=dev)[0] else "sdpa"
-        if backend_available(op, "flash", device=dev, **_flash_features(features))[0]:
+        if backend_available(op, "flash", device=dev, **_availability_features(features))[0]:
             return "flash"
         if window is not None and backend_available(op, "flex", device=dev)[0]:
             return "flex"
@@ -161,7 +162,7 @@ def _auto(op: str, dev: torch.device, **features) -> str:
     return "chunked"
 
 
-def _flash_features(features: dict) -> dict:
+def _availability_features(features: dict) -> dict:
     return {
         "dtype": features.get("dtype"),
         "sinks": features.get("sinks", 0),
@@ -209,7 +210,7 @@ def select_backend(
         else:
             source, chosen = "auto", _auto(op, dev, **features)
     if source != "auto":
-        ok, reason = backend_available(op, chosen, device=dev, **_flash_features(features))
+        ok, reason = backend_available(op, chosen, device=dev, **_availability_features(features))
         if not ok:
             raise BackendUnavailableError(
                 f"{op}: backend {chosen!r} ({source}) is unavailable: {reason}"

@@ -3,9 +3,10 @@
     accelerate launch --multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no \\
         --dynamo_backend no -m lmrepro.train --profile smoke --run baseline
 
-(or ``torchrun --nproc_per_node 2 -m lmrepro.train ...``). Without CUDA the processes train on CPU
-with gloo. Note that ``accelerate launch --cpu --num_processes 2`` starts only *one* process unless
-an mpirun hostfile is given; the log line "training ... on N processes" says how many there are.
+(or ``torchrun --nproc_per_node 2 -m lmrepro.train --profile smoke``; torchrun takes an abbreviated
+``--run`` for its own ``--run-path``, so with torchrun keep the default run name). Without CUDA the
+processes train on CPU with gloo. ``accelerate launch --cpu --num_processes 2`` starts only *one*
+process unless an mpirun hostfile is given; the log line "training ... on N processes" says how many.
 """
 
 from __future__ import annotations

@@ -53,7 +53,10 @@ def load_model(folder: str | Path, map_location: str = "cpu") -> DecoderLM:
     for name in ("model.safetensors", "spec.json"):
         if not (folder / name).is_file():
             raise FileNotFoundError(f"{folder / name}: missing; is {folder} a model folder written by save_model?")
-    spec = spec_from_dict(json.loads((folder / "spec.json").read_text())["spec"])
+    try:
+        spec = spec_from_dict(json.loads((folder / "spec.json").read_text())["spec"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{folder / 'spec.json'}: not a model spec written by save_model ({err!r})") from None
     model = DecoderLM(spec)
     state = load_file(str(folder / "model.safetensors"), device=map_location)
     missing, unexpected = model.load_state_dict(state, strict=False)
@@ -100,8 +103,10 @@ def list_checkpoints(folder: str | Path) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         return []
+    # Only step-<digits>: half-written step-N.tmp and stray names (step-N.old, ...) are not checkpoints
+    # (and must not crash the sort below).
     found = [p for p in folder.iterdir() if p.is_dir() and p.name.startswith(STEP_PREFIX)
-             and not p.name.endswith(".tmp") and (p / "state.json").is_file()]
+             and p.name[len(STEP_PREFIX):].isdigit() and (p / "state.json").is_file()]
     return sorted(found, key=lambda p: int(p.name[len(STEP_PREFIX):]))
 
 

@@ -131,8 +131,10 @@ class Trainer:
         global_tokens = cfg.batch_size * cfg.seq_len
         budgets = list(cfg.checkpoint_tokens)
         bar = tqdm(total=total, initial=start, desc="train", disable=not (self.progress and acc.is_main_process))
-        log.info("training steps %d..%d of %d on %d processes (%s, %s)", start + 1, stop, total, world,
-                 acc.device, acc.mixed_precision)
+        # Says how many processes really train: `accelerate launch --cpu --num_processes 2` starts one.
+        if start < stop:
+            log.info("training steps %d..%d of %d on %d processes (%s, %s)", start + 1, stop, total, world,
+                     acc.device, acc.mixed_precision)
         t0 = time.perf_counter()
         for step in range(start, stop):
             batch = self.sampler.batch(step, cfg.batch_size)[rank * per_proc:(rank + 1) * per_proc]
