@@ -100,7 +100,11 @@ def test_sampler_bad_arguments(tmp_path, args, match):
 def test_eval_windows(tmp_path, max_windows, batch_size):
     tokens, flat = make_tokens(tmp_path, 97)
     chunks = naive_chunks(flat, 8)
-    expected = chunks if max_windows is None else chunks[:max_windows]
+    if max_windows is None or max_windows >= len(chunks):
+        expected = chunks
+    else:  # spread evenly over the stream, first and last window included
+        expected = [chunks[round(i * (len(chunks) - 1) / (max_windows - 1))] if max_windows > 1 else chunks[0]
+                    for i in range(max_windows)]
     batches = list(eval_windows(tokens, 8, max_windows, batch_size))
     assert all(b.shape[0] == batch_size for b in batches[:-1]) and 1 <= batches[-1].shape[0] <= batch_size
     got = torch.cat(batches)

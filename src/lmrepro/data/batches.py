@@ -92,11 +92,12 @@ class ChunkSampler:
 def eval_windows(
     tokens: ShardedTokens, seq_len: int, max_windows: int | None, batch_size: int
 ) -> Iterator[torch.Tensor]:
-    """Consecutive windows [w*seq_len, w*seq_len + seq_len + 1) from the stream start, in batches.
+    """Non-overlapping windows [w*seq_len, w*seq_len + seq_len + 1), in batches.
 
-    Yields LongTensors [b, seq_len + 1] with b = batch_size except possibly the last; at most
-    ``max_windows`` windows in total (None: every full window). Deterministic, so eval losses of
-    different runs are computed on identical tokens.
+    Yields LongTensors [b, seq_len + 1] with b = batch_size except possibly the last. With
+    ``max_windows`` (None: every full window) the windows are spread evenly over the whole stream,
+    so a small evaluation still samples every part of the split rather than its first documents.
+    Deterministic, so eval losses of different runs are computed on identical tokens.
     """
     _check_int("seq_len", seq_len, 1)
     _check_int("batch_size", batch_size, 1)
@@ -109,10 +110,11 @@ def eval_windows(
             f"{len(tokens)}; use a shorter seq_len or more validation data"
         )
     n = available if max_windows is None else min(max_windows, available)
-    return _windows(tokens, seq_len, n, batch_size)
+    chosen = np.linspace(0, available - 1, n).round().astype(np.int64) if n < available else np.arange(n)
+    return _windows(tokens, seq_len, chosen, batch_size)
 
 
-def _windows(tokens: ShardedTokens, seq_len: int, n: int, batch_size: int) -> Iterator[torch.Tensor]:
-    for first in range(0, n, batch_size):
-        rows = [tokens.read(w * seq_len, seq_len + 1) for w in range(first, min(first + batch_size, n))]
+def _windows(tokens: ShardedTokens, seq_len: int, chosen: np.ndarray, batch_size: int) -> Iterator[torch.Tensor]:
+    for first in range(0, len(chosen), batch_size):
+        rows = [tokens.read(int(w) * seq_len, seq_len + 1) for w in chosen[first:first + batch_size]]
         yield torch.from_numpy(np.stack(rows))
