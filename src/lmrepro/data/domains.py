@@ -72,7 +72,7 @@ def build_domain_corpus(max_documents: int | None = None, seed: int = 0, val_fra
     """Manifest of the package-documentation corpus under ``root`` (default: site-packages).
 
     With ``max_documents`` the subset is the first N usable files in order of
-    sha256(f"{seed}:{id}"): deterministic and spread over all packages. Returns a dict with
+    sha256(f"subset:{seed}:{id}"): deterministic and spread over all packages. Returns a dict with
     source="package-docs", root, python_version, seed, val_fraction, min_chars,
     documents=[{id, sha256, bytes, split}] (ids are relative paths, sorted), num_documents and
     num_bytes per split. Raises DataError if no file is usable or a split would be empty.
@@ -86,7 +86,8 @@ def build_domain_corpus(max_documents: int | None = None, seed: int = 0, val_fra
     if not root.is_dir():
         raise DataError(f"domain root {str(root)!r} does not exist or is not a directory")
     candidates = [p.relative_to(root).as_posix() for p in root.glob("*.dist-info/METADATA")]
-    candidates.sort(key=lambda rel: (sha256_bytes(f"{seed}:{rel}".encode()), rel))
+    # A different key from assign_split's: with the same hash the first N would all be validation.
+    candidates.sort(key=lambda rel: (sha256_bytes(f"subset:{seed}:{rel}".encode()), rel))
     documents, seen_bodies = [], set()
     for rel in candidates:
         data = _usable(root / rel, min_chars)
@@ -158,9 +159,12 @@ def domain_windows(tokenizer, manifest: dict, split: str, seq_len: int,
     eos = eos_id(tokenizer)
     texts = (text for _, text in iter_domain_documents(manifest, split))
     stream: list[int] = []
-    for ids in encode_texts(tokenizer, texts):
+    enough = None if max_windows is None else max_windows * seq_len + 1
+    for ids in encode_texts(tokenizer, texts, batch_size=16):
         stream.extend(ids)
         stream.append(eos)
+        if enough is not None and len(stream) >= enough:
+            break  # later documents cannot change the first max_windows windows
     n = max(0, (len(stream) - 1) // seq_len)
     if max_windows is not None:
         n = min(n, max_windows)
@@ -168,5 +172,6 @@ def domain_windows(tokenizer, manifest: dict, split: str, seq_len: int,
         raise DataError(f"split {split!r} has {len(stream)} tokens, fewer than one window of seq_len + 1 = "
                         f"{seq_len + 1}; use a shorter seq_len or more documents")
     tokens = torch.tensor(stream[: n * seq_len + 1], dtype=torch.long)
-    # as_strided would share storage; unfold copies nothing either, then contiguous() detaches rows.
+    # unfold gives overlapping views (each window shares its last token with the next window's first);
+    # contiguous() copies them into independent rows.
     return tokens.unfold(0, seq_len + 1, seq_len).contiguous()
