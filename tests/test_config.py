@@ -233,5 +233,6 @@ def test_fingerprint_stable_and_sensitive(tmp_path):
     assert fingerprint({"x": 1, "y": [1, 2]}) == fingerprint({"y": [1, 2], "x": 1})
     assert fingerprint({"x": 1}) != fingerprint({"x": 2})
     # The YAML round trip (deep copy with a different key order) gives the same fingerprint.
-    reordered = {"profiles": copy.deepcopy(BASE["profiles"]), "profile": BASE["profile"]}
+    reordered = {"claims": copy.deepcopy(BASE["claims"]), "profiles": copy.deepcopy(BASE["profiles"]),
+                 "profile": BASE["profile"]}
     assert fingerprint(load_config(_write(tmp_path, reordered), profile="smoke")) == fingerprint(a)

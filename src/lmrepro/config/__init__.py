@@ -15,9 +15,16 @@ from typing import Any
 import yaml
 
 from .schema import Config, DataConfig, EvalConfig, HFSourceConfig, ModelConfig, TokenizerConfig, TrainConfig
+from .papers import ClaimConfig
 from .schema_tools import ConfigError, build
 
 PROFILES = ("smoke", "laptop", "paper")
+PAPERS = ("hybrid_attention", "xformer", "lora_alpha")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Claims:
+    papers: dict[str, dict[str, ClaimConfig]]
 DEFAULT_PARAMS = "params.yaml"
 
 __all__ = [
@@ -53,9 +60,15 @@ def load_params(path: str | Path | None = None) -> dict[str, Any]:
 def load_config(path: str | Path | None = None, profile: str | None = None) -> Config:
     """Validate params.yaml and return the profile named by ``profile`` (default: its ``profile`` key)."""
     raw = load_params(path)
-    unknown = sorted(set(raw) - {"profile", "profiles"}, key=str)
+    unknown = sorted(set(raw) - {"profile", "profiles", "claims"}, key=str)
     if unknown:
-        raise ConfigError(f"{unknown[0]}: unknown top-level key; allowed are ['profile', 'profiles']")
+        raise ConfigError(f"{unknown[0]}: unknown top-level key; allowed are ['claims', 'profile', 'profiles']")
+    claims = raw.get("claims") or {}
+    if not isinstance(claims, dict):
+        raise ConfigError("claims: expected a mapping of paper → {claim id: criterion}")
+    bad = sorted(set(claims) - set(PAPERS), key=str)
+    if bad:
+        raise ConfigError(f"claims.{bad[0]}: unknown paper; allowed are {list(PAPERS)}")
     profiles = raw.get("profiles")
     if not isinstance(profiles, dict):
         raise ConfigError("profiles: missing or not a mapping of profile name → settings")
@@ -78,9 +91,13 @@ def load_config(path: str | Path | None = None, profile: str | None = None) -> C
         section = profiles[name]
         if not isinstance(section, dict):
             raise ConfigError(f"profiles.{name}: expected a mapping of sections")
-        if "profile" in section:
-            raise ConfigError(f"profiles.{name}.profile: not allowed inside a profile")
+        for reserved in ("profile", "claims"):
+            if reserved in section:
+                raise ConfigError(f"profiles.{name}.{reserved}: not allowed inside a profile")
         built[name] = build(Config, {**section, "profile": name}, f"profiles.{name}")
+    # Claims are validated once, at their own path, and shared by every profile.
+    shared = build(_Claims, {"papers": claims}, "claims").papers
+    built = {name: dataclasses.replace(c, claims=shared) for name, c in built.items()}
     return built[selected]
 
 

@@ -6,9 +6,13 @@ Paper pipelines add their own sections next to these.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from .hybrid import HybridConfig
 from .layers import parse_layer_token
+from .lora import LoraAlphaConfig
+from .papers import ClaimConfig
+from .xformer import XformerConfig
 from .schema_tools import ConfigError, bounded, require
 
 
@@ -162,6 +166,11 @@ class Config:
     model: ModelConfig
     train: TrainConfig
     eval: EvalConfig
+    hybrid_attention: HybridConfig | None = None
+    xformer: XformerConfig | None = None
+    lora_alpha: LoraAlphaConfig | None = None
+    # Claim criteria per paper: top-level in params.yaml (the same for every profile), fixed before the run.
+    claims: dict[str, dict[str, ClaimConfig]] = field(default_factory=dict)
 
     def check(self, path: str) -> None:
         require(self.train.seq_len <= self.model.max_seq_len, f"{path}.train.seq_len",

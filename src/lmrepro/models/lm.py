@@ -1,20 +1,23 @@
-"""Decoder-only LM assembled from an :class:`LMSpec` (one mixer per layer + SwiGLU MLP)."""
+"""Decoder-only LM assembled from an :class:`LMSpec` (one mixer per layer + SwiGLU MLP), constant or
+variable width (per-block widths and the residual rules are defined in :mod:`lmrepro.models.varwidth`)."""
 
 from __future__ import annotations
 
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .cache import DecodeCache, LayerCache
 from .layers import RMSNorm, SwiGLU
 from .mixers import MIXERS
 from .spec import LayerSpec, LMSpec
+from .varwidth import block_spec, readout_width, residual_width, width_changes
 
 
 class Block(nn.Module):
-    """Pre-norm residual block: x + mixer(norm(x)), then + mlp(norm(x))."""
+    """Pre-norm residual block: x + mixer(norm(x)), then + mlp(norm(x)); x [B, T, spec.hidden_size]."""
 
     def __init__(self, spec: LMSpec, layer: LayerSpec, layer_idx: int):
         super().__init__()
@@ -32,52 +35,97 @@ class Block(nn.Module):
 
 
 class DecoderLM(nn.Module):
-    """input_ids [B, T] (long) → logits [B, T, vocab_size] (fp32 on CPU, autocast dtype on GPU)."""
+    """input_ids [B, T] (long) → logits [B, T, vocab_size] (fp32 on CPU, autocast dtype on GPU).
+
+    With ``spec.widths`` the residual stream is a buffer of ``residual_width`` W coordinates; block ℓ is a
+    :class:`Block` of width w_ℓ (built from ``varwidth.block_spec``) fed per ``spec.expansion``.
+    """
 
     def __init__(self, spec: LMSpec):
         super().__init__()
         self.spec = spec
+        # Plain list, not modules: the per-block specs carry each block's width and init std.
+        self.block_specs = [block_spec(spec, i) for i in range(spec.num_layers)]
         self.embed_tokens = nn.Embedding(spec.vocab_size, spec.hidden_size)
-        self.layers = nn.ModuleList(Block(spec, layer, i) for i, layer in enumerate(spec.layers))
-        self.norm = RMSNorm(spec.hidden_size, spec.norm_eps)
+        self.layers = nn.ModuleList(
+            Block(block, layer, i) for i, (block, layer) in enumerate(zip(self.block_specs, spec.layers))
+        )
+        self.norm = RMSNorm(readout_width(spec), spec.norm_eps)
         self.lm_head = nn.Linear(spec.hidden_size, spec.vocab_size, bias=False)
         if spec.tie_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
+        if spec.expansion == "learned":
+            # Key = 0-indexed block that reads the projected stream: P_ℓ maps w_{ℓ−1} → w_ℓ.
+            self.width_projections = nn.ModuleDict({
+                str(i): nn.Linear(spec.widths[i - 1], spec.widths[i], bias=False) for i in width_changes(spec)
+            })
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Normal(0, init_std) for embeddings and linear weights; residual output projections scaled by
-        1/sqrt(2·L) (GPT-2) so the residual stream's variance does not grow with depth. Mixer-specific
-        parameters (convolutions, SSM decay rates, norms) keep the initialisation of their own module."""
-        std = self.spec.init_std
+        """Normal(0, std) for embeddings and linear weights; residual output projections scaled by
+        1/sqrt(2·L) (GPT-2) so the residual stream's variance does not grow with depth. std = init_std,
+        times sqrt(h / w_ℓ) inside block ℓ of a variable-width model (its block spec's init_std). Width
+        projections ("learned") start as the rectangular identity. Mixer-specific parameters (convolutions,
+        SSM decay rates, norms) keep the initialisation of their own module."""
         residual_out = ("o_proj", "out_proj", "down_proj")
         for name, module in self.named_modules():
-            if isinstance(module, (nn.Linear, nn.Embedding)):
+            if name.startswith("width_projections."):
+                nn.init.eye_(module.weight)
+            elif isinstance(module, (nn.Linear, nn.Embedding)):
+                std = self.spec.init_std
+                if name.startswith("layers."):
+                    std = self.block_specs[int(name.split(".")[1])].init_std
                 scale = 1.0 / math.sqrt(2 * self.spec.num_layers) if name.endswith(residual_out) else 1.0
                 nn.init.normal_(module.weight, mean=0.0, std=std * scale)
+
+    def _var_block(self, i: int, x: torch.Tensor, positions: torch.Tensor, cache: LayerCache | None) -> torch.Tensor:
+        """Block i of a variable-width model on the residual buffer x [B, T, W] → [B, T, W]."""
+        w, mode = self.spec.widths[i], self.spec.expansion
+        if mode == "learned" and str(i) in self.width_projections:
+            inp = self.width_projections[str(i)](x[..., : self.spec.widths[i - 1]])
+        else:
+            # "zero"/"learned" keep zeros beyond the active width (below), so this prefix already is
+            # the zero-padded (or cut) stream; for "carry" it holds the most recent value of each coordinate.
+            inp = x[..., :w]
+        y = self.layers[i](inp, positions, cache)
+        if mode == "carry":
+            return torch.cat([y, x[..., w:]], dim=-1)
+        return F.pad(y, (0, x.shape[-1] - w))
 
     def _run(self, input_ids: torch.Tensor, cache: DecodeCache | None, keep_states: bool):
         start = cache.seen if cache is not None else 0
         positions = torch.arange(start, start + input_ids.shape[1], device=input_ids.device)
         x = self.embed_tokens(input_ids)
+        varwidth = self.spec.widths is not None
+        if varwidth:  # coordinates [h, W) start at zero
+            x = F.pad(x, (0, residual_width(self.spec) - self.spec.hidden_size))
         states = [x] if keep_states else None
         for i, layer in enumerate(self.layers):
-            x = layer(x, positions, cache.layers[i] if cache is not None else None)
+            layer_cache = cache.layers[i] if cache is not None else None
+            x = self._var_block(i, x, positions, layer_cache) if varwidth else layer(x, positions, layer_cache)
             if keep_states:
                 states.append(x)
         if cache is not None:
             cache.seen += input_ids.shape[1]
         return x, states
 
+    def readout(self, x: torch.Tensor) -> torch.Tensor:
+        """Residual stream x [B, T, W] → logits [B, T, V]: final RMSNorm over the first ``readout_width``
+        coordinates (max(w_L, h); h for constant width), then the first h of them to the LM head."""
+        if self.spec.widths is None:
+            return self.lm_head(self.norm(x))
+        return self.lm_head(self.norm(x[..., : self.norm.weight.shape[0]])[..., : self.spec.hidden_size])
+
     def hidden_states(self, input_ids: torch.Tensor) -> list[torch.Tensor]:
-        """Residual stream after the embedding and after each block: L+1 tensors [B, T, hidden]."""
+        """Residual stream after the embedding and after each block: L+1 tensors [B, T, W] (W = hidden_size
+        for constant width, else ``varwidth.residual_width``; "zero"/"learned" streams zero-padded to W)."""
         return self._run(input_ids, None, keep_states=True)[1]
 
     def forward(self, input_ids: torch.Tensor, cache: DecodeCache | None = None) -> torch.Tensor:
         """input_ids [B, T] → logits [B, T, V]. With ``cache`` (see :meth:`new_cache`) the tokens continue
         the sequence already processed: attention appends to its KV cache, linear mixers carry their state."""
         x, _ = self._run(input_ids, cache, keep_states=False)
-        return self.lm_head(self.norm(x))
+        return self.readout(x)
 
     def new_cache(self) -> DecodeCache:
         return DecodeCache.empty(len(self.layers))

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..config import ModelConfig
+from .varwidth import check_widths
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,16 @@ class LayerSpec:
 
 @dataclass(frozen=True)
 class LMSpec:
+    """Resolved architecture.
+
+    widths: per-block widths (w_1, .., w_L) of a variable-width ("><former") model; None = every block
+        has width ``hidden_size``. With widths, ``hidden_size`` is the embedding / LM-head width h, each
+        block has SwiGLU hidden 4·w_ℓ (``intermediate_size`` is then unused), head dim w_ℓ / num_heads and
+        init std init_std·sqrt(h / w_ℓ); see :mod:`lmrepro.models.varwidth`.
+    expansion: how a block wider than its predecessor is fed: "carry" (the paper's carry-forward),
+        "zero" or "learned" (ablations; only with widths). Defined in :mod:`lmrepro.models.varwidth`.
+    """
+
     vocab_size: int
     hidden_size: int
     num_layers: int
@@ -67,6 +78,8 @@ class LMSpec:
     ssm_expand: int = 2
     ssm_head_dim: int = 32
     gdn_expand_v: int = 1
+    widths: tuple[int, ...] | None = None
+    expansion: str = "carry"
 
     def __post_init__(self):
         # A list would make the frozen spec unhashable and let it be mutated in place.
@@ -75,20 +88,25 @@ class LMSpec:
             object.__setattr__(self, "layers", tuple(LayerSpec() for _ in range(self.num_layers)))
         if len(self.layers) != self.num_layers:
             raise ValueError(f"layers: {len(self.layers)} layer specs for num_layers={self.num_layers}")
+        # JSON (spec.json, HF config.json) gives the widths back as a list; checked per layer.
+        object.__setattr__(self, "widths", check_widths(self))
         # Specs are also built directly (tests, dataclasses.replace), bypassing ModelConfig.check:
-        # with heads not dividing hidden_size, head_dim would silently round down.
-        if self.hidden_size % self.num_heads:
+        # with heads not dividing hidden_size, head_dim would silently round down. With widths, h is only
+        # the embedding width and each block's width is checked above instead.
+        if self.widths is None and self.hidden_size % self.num_heads:
             raise ValueError(f"num_heads: {self.num_heads} heads do not divide hidden_size {self.hidden_size}")
         if self.num_heads % self.num_kv_heads:
             raise ValueError(f"num_kv_heads: {self.num_kv_heads} kv heads must divide num_heads {self.num_heads}")
 
     @property
     def head_dim(self) -> int:
+        """Head dim of a constant-width spec (per block: ``varwidth.block_spec(spec, i).head_dim``)."""
         return self.hidden_size // self.num_heads
 
     @classmethod
-    def from_config(cls, model: ModelConfig, vocab_size: int, layers=None) -> "LMSpec":
-        """Spec of ``model`` (its layer pattern unless ``layers`` is given)."""
+    def from_config(cls, model: ModelConfig, vocab_size: int, layers=None, widths=None,
+                    expansion: str = "carry") -> "LMSpec":
+        """Spec of ``model`` (its layer pattern unless ``layers`` is given; constant width unless ``widths``)."""
         from .hybrid import layers_from_config
 
         return cls(
@@ -109,4 +127,6 @@ class LMSpec:
             ssm_expand=model.ssm_expand,
             ssm_head_dim=model.ssm_head_dim,
             gdn_expand_v=model.gdn_expand_v,
+            widths=widths,
+            expansion=expansion,
         )

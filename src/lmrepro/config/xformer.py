@@ -1,0 +1,120 @@
+"""Schema of the ``xformer`` section of a profile (paper 2: variable-width transformers, the "><former").
+
+A profile sets the sizes (baseline width h, depth L, heads, token budget), the width recipe (bottleneck
+ratio and position, rounding) and the training settings shared by every run. The variants are the paper's
+and fixed (dvc.yaml iterates over them): ``baseline`` and ``x`` at every size, the other shapes and residual
+rules at ``ablation_size`` only.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+
+from .schema_tools import bounded, require
+
+#: Training groups (one DVC stage each): baseline and x at every size, the rest at ``ablation_size``.
+VARIANTS = ("baseline", "x", "diamond", "increasing", "decreasing", "zero", "learned")
+#: Width shape of each variant (None: constant width h) and its residual rule (lmrepro.models.varwidth).
+VARIANT_SHAPE = {"baseline": None, "x": "x", "diamond": "diamond", "increasing": "increasing",
+                 "decreasing": "decreasing", "zero": "x", "learned": "x"}
+VARIANT_EXPANSION = {v: v if v in ("zero", "learned") else "carry" for v in VARIANTS}
+#: Variants trained at every size (the others only at ``ablation_size``).
+SCALED_VARIANTS = ("baseline", "x")
+
+_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+def turning_layer(num_layers: int, fraction: float) -> int:
+    """1-indexed narrowest layer l* = round(fraction·L), half up (the paper: 0.75·L)."""
+    return int(math.floor(fraction * num_layers + 0.5))
+
+
+@dataclass(frozen=True, kw_only=True)
+class XformerSize:
+    """One model size: the constant-width baseline's shape (h, L, heads); the X model of this size has the
+    same L, heads, embedding width h and (matched) parameter count."""
+
+    hidden_size: int = bounded(min=8, doc="baseline width h = embedding / LM-head width")
+    num_layers: int = bounded(min=3, doc="blocks L (the X shape needs a turning layer in [2, L-1])")
+    num_heads: int = bounded(min=1, doc="heads per block, constant across blocks (head dim w_l / heads)")
+    max_tokens: int = bounded(min=1, doc="training tokens of every run of this size")
+    lr: float | None = bounded(None, min=0.0, max=1.0, doc="peak learning rate (None: the section's lr)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class XformerAnalysisConfig:
+    """Residual-stream and MLP analyses (largest size, baseline vs x)."""
+
+    windows: int = bounded(8, min=1, doc="validation windows of seq_len tokens fed to the analyses")
+    thresholds: list[float] = bounded([0.01, 0.03, 0.1, 0.3, 1.0], min=0.0,
+                                      doc="|activation| thresholds of the MLP activation density")
+    utilization_threshold: float | None = bounded(None, min=0.0,
+                                                  doc="|a| above which a unit is active (None: the layer's RMS)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class XformerConfig:
+    """Equal-parameter sweep: baseline vs X at every size, the shapes and residual-rule ablations at one size."""
+
+    seq_len: int = bounded(min=8, doc="training and evaluation context")
+    sizes: dict[str, XformerSize]
+    ablation_size: str = field(metadata={"doc": "size of the shape and residual-rule ablations"})
+    bottleneck_ratio: float = bounded(0.3, min=0.01, max=0.99, doc="continuous minimum width / h (paper 0.3)")
+    bottleneck_fraction: float = bounded(0.75, min=0.01, max=0.99, doc="turning layer l* = round(f·L) (paper 0.75)")
+    quantize: int = bounded(32, min=1, doc="widths are multiples of this (paper 32)")
+    rematch: bool = bounded(True, doc="after rounding, move single blocks by ±quantize to re-match parameters")
+    match_tolerance: float = bounded(0.02, min=0.0, max=0.5,
+                                     doc="allowed |relative deviation| of a run's matched parameter budget")
+    batch_size: int = bounded(min=1, doc="sequences per optimizer step")
+    micro_batch_size: int = bounded(min=1)
+    lr: float = bounded(min=0.0, max=1.0)
+    warmup_fraction: float = bounded(0.05, min=0.0, max=0.5)
+    precision: str = bounded("auto", choices=("auto", "fp32", "bf16"))
+    seed: int = bounded(0, min=0, doc="the same seed (init and data order) for every run")
+    eval_windows: int = bounded(32, min=1, doc="validation windows for the loss of every run")
+    analysis: XformerAnalysisConfig = field(default_factory=XformerAnalysisConfig)
+
+    def runs(self) -> list[tuple[str, str]]:
+        """Every (variant, size) trained, in training order."""
+        return [(v, s) for v in VARIANTS for s in self.variant_sizes(v)]
+
+    def variant_sizes(self, variant: str) -> list[str]:
+        if variant not in VARIANTS:
+            raise ValueError(f"variant {variant!r} is unknown; choose one of {list(VARIANTS)}")
+        return list(self.sizes) if variant in SCALED_VARIANTS else [self.ablation_size]
+
+    def lr_of(self, size: str) -> float:
+        s = self.sizes[size]
+        return self.lr if s.lr is None else s.lr
+
+    def check(self, path: str) -> None:
+        require(len(self.sizes) >= 2, f"{path}.sizes",
+                f"define at least two sizes (the loss-matched power-law fits need two points), got {len(self.sizes)}")
+        require(self.ablation_size in self.sizes, f"{path}.ablation_size",
+                f"{self.ablation_size!r} is not one of the sizes {sorted(self.sizes)}")
+        require(self.batch_size % self.micro_batch_size == 0, f"{path}.micro_batch_size",
+                f"{self.micro_batch_size} must divide batch_size {self.batch_size}")
+        require(not self.analysis.thresholds or self.analysis.thresholds == sorted(set(self.analysis.thresholds)),
+                f"{path}.analysis.thresholds", "must be strictly increasing")
+        require(len(self.analysis.thresholds) >= 1, f"{path}.analysis.thresholds", "give at least one threshold")
+        for name, s in self.sizes.items():
+            key = f"{path}.sizes.{name}"
+            require(bool(_NAME.match(str(name))), key, "size names may use letters, digits, '_', '.', '-' only "
+                    "(they name folders)")
+            # Every width is a multiple of quantize; heads must divide it into an even head dim (RoPE).
+            require(self.quantize % (2 * s.num_heads) == 0, f"{path}.quantize",
+                    f"{self.quantize} must be a multiple of 2·num_heads = {2 * s.num_heads} (size {name}) so every "
+                    "block width splits into num_heads heads of even dim")
+            require(s.hidden_size % self.quantize == 0, f"{key}.hidden_size",
+                    f"{s.hidden_size} must be a multiple of quantize {self.quantize} (the baseline is one schedule)")
+            lstar = turning_layer(s.num_layers, self.bottleneck_fraction)
+            require(2 <= lstar <= s.num_layers - 1, f"{path}.bottleneck_fraction",
+                    f"turning layer round({self.bottleneck_fraction}·{s.num_layers}) = {lstar} must be in "
+                    f"[2, {s.num_layers - 1}] for size {name}")
+            require(self.bottleneck_ratio * s.hidden_size >= self.quantize / 2, f"{path}.bottleneck_ratio",
+                    f"the bottleneck {self.bottleneck_ratio}·{s.hidden_size} rounds to width 0 with quantize "
+                    f"{self.quantize} (size {name}); use a smaller quantize or a larger ratio")
+            require(s.max_tokens >= self.batch_size * self.seq_len, f"{key}.max_tokens",
+                    f"{s.max_tokens} is less than one step ({self.batch_size * self.seq_len} tokens)")

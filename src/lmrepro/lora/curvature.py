@@ -1,0 +1,177 @@
+"""Loss curvature by power iteration on Hessian-vector products (paper claim 2: "spectral suppression").
+
+A Hessian-vector product H·v is one double backward: g = ∇_θ L with ``create_graph=True``, then
+∇_θ ⟨g, v⟩. Power iteration on v ↦ H·v converges to the eigenvalue of largest *magnitude*; the sharpness
+that limits a step size is the largest *algebraic* eigenvalue, so the default ``which="largest"`` follows a
+negative dominant eigenvalue μ by a second, shifted iteration on H − μ·I (all its eigenvalues are ≥ 0 and the
+largest is λ_max − μ). ``which="magnitude"`` returns μ itself.
+
+Stopping rule: the residual ‖H·v − λ·v‖ ≤ tol·|μ| (v unit, |μ| = ‖H‖₂). For a symmetric H some eigenvalue lies
+within the residual of λ, so a converged value is certified to an absolute error of tol·‖H‖₂. Without
+convergence after ``iters`` products the last estimate is returned with a warning naming the residual.
+Convergence is geometric in λ₂/λ₁ (for the shifted pass, (λ₂ − μ)/(λ_max − μ)): a small spectral gap needs
+more products.
+
+Functions: :func:`top_hessian_eigenvalue` (any parameters), :func:`lora_vs_full_curvature` (a PEFT model:
+LoRA parameters versus the base weights they adapt), :func:`adam_preconditioned_sharpness`
+(λ_max of P^{-1/2}·H·P^{-1/2} with Adam's preconditioner P = diag(√v̂ + ε)).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import warnings
+from typing import Callable, Iterator
+
+import torch
+
+from .alpha import lora_layers
+
+WHICH = ("largest", "magnitude")
+
+
+@contextlib.contextmanager
+def twice_differentiable() -> Iterator[None]:
+    """Run attention through paths with a double backward: our dispatch's "sdpa" path, SDPA's math kernel
+    (the fused CPU/flash kernels have no derivative of their backward)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from ..ops.dispatch import force_backend
+
+    with force_backend({"attention": "sdpa"}), sdpa_kernel([SDPBackend.MATH]):
+        yield
+
+
+def power_iteration(matvec: Callable[[torch.Tensor], torch.Tensor], n: int, *, iters: int = 50,
+                    tol: float = 1e-4, seed: int = 0, which: str = "largest", dtype=torch.float64
+                    ) -> tuple[float, torch.Tensor]:
+    """Extreme eigenpair of a symmetric operator: matvec v [n] → M·v [n] → (eigenvalue, unit vector [n])."""
+    if which not in WHICH:
+        raise ValueError(f"which: {which!r} is not one of {WHICH}")
+    if isinstance(iters, bool) or not isinstance(iters, int) or iters < 1:
+        raise ValueError(f"iters: must be an int >= 1, got {iters!r}")
+    if not (isinstance(tol, (int, float)) and tol > 0):
+        raise ValueError(f"tol: must be a number > 0, got {tol!r}")
+    generator = torch.Generator().manual_seed(seed)
+    start = torch.randn(n, generator=generator, dtype=torch.float64).to(dtype)
+    mu, v, _ = _iterate(matvec, start, 0.0, iters, tol, None)
+    if which == "magnitude" or mu >= 0:
+        return mu, v
+    # Shifted: M − μ·I is positive semi-definite; its dominant eigenvalue is λ_max − μ.
+    nu, v, _ = _iterate(lambda x: matvec(x) - mu * x, start, mu, iters, tol, abs(mu))
+    return nu + mu, v
+
+
+def _iterate(matvec, v, shift, iters, tol, scale):
+    v = v / v.norm()
+    lam, residual = math.nan, math.inf
+    for _ in range(iters):
+        mv = matvec(v)
+        lam = float(v @ mv)
+        residual = float((mv - lam * v).norm())
+        bound = tol * (scale if scale is not None else abs(lam))
+        if residual <= bound:
+            return lam, v, residual
+        norm = mv.norm()
+        if norm == 0:  # v lies in the null space: 0 is an eigenvalue and nothing is larger in magnitude
+            return 0.0, v, 0.0
+        v = mv / norm
+    warnings.warn(f"power iteration: not converged after {iters} products "
+                  f"(eigenvalue {lam + shift:.6g}, residual {residual:.3g})", stacklevel=3)
+    return lam, v, residual
+
+
+def hessian_matvec(loss_fn: Callable[[], torch.Tensor], params: list[torch.Tensor]
+                   ) -> tuple[Callable[[torch.Tensor], torch.Tensor], int]:
+    """(v [n] ↦ H·v [n] in float64, n) for the Hessian of ``loss_fn()`` over ``params`` (flattened in order).
+
+    Parameters the loss does not reach contribute zero rows. The loss is evaluated once; its graph is kept.
+    """
+    if not params:
+        raise ValueError("params: empty; pass the tensors whose Hessian to probe")
+    loss = loss_fn()
+    if loss.dim() != 0:
+        raise ValueError(f"loss_fn: must return a scalar, got shape {tuple(loss.shape)}")
+    grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
+    live = [(p, g) for p, g in zip(params, grads) if g is not None and g.requires_grad]
+    sizes = [p.numel() for p in params]
+    offsets = [0]
+    for size in sizes:
+        offsets.append(offsets[-1] + size)
+    index = {id(p): i for i, p in enumerate(params)}
+
+    def matvec(v: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros_like(v)
+        if not live:  # the loss is at most linear in params: H = 0
+            return out
+        outs = [v[offsets[index[id(p)]]:offsets[index[id(p)] + 1]].view_as(p).to(g.dtype) for p, g in live]
+        hv = torch.autograd.grad([g for _, g in live], [p for p, _ in live], grad_outputs=outs,
+                                 retain_graph=True, allow_unused=True)
+        for (p, _), h in zip(live, hv):
+            if h is not None:
+                i = index[id(p)]
+                out[offsets[i]:offsets[i + 1]] = h.reshape(-1).to(v.dtype)
+        return out
+
+    return matvec, offsets[-1]
+
+
+def top_hessian_eigenvalue(loss_fn: Callable[[], torch.Tensor], params: list[torch.Tensor], iters: int = 50,
+                           tol: float = 1e-4, seed: int = 0, which: str = "largest"
+                           ) -> tuple[float, list[torch.Tensor]]:
+    """Top eigenvalue of ∇²_θ L over ``params`` → (eigenvalue, unit eigenvector as tensors shaped like params).
+
+    loss_fn: zero-argument closure → scalar loss on a fixed batch (deterministic: no dropout).
+    which: "largest" (algebraic, the sharpness; default) or "magnitude" (see module docstring).
+    """
+    with twice_differentiable():
+        matvec, n = hessian_matvec(loss_fn, params)
+        value, v = power_iteration(matvec, n, iters=iters, tol=tol, seed=seed, which=which)
+    vector, start = [], 0
+    for p in params:
+        vector.append(v[start:start + p.numel()].view_as(p).to(p.dtype))
+        start += p.numel()
+    return value, vector
+
+
+def lora_vs_full_curvature(model: torch.nn.Module, loss_fn: Callable[[], torch.Tensor], iters: int = 50,
+                           tol: float = 1e-4, seed: int = 0, which: str = "largest") -> dict[str, float]:
+    """dict(lora=λ over all LoRA A and B matrices, full=λ over the base weights they adapt), at the current
+    point of a PEFT model. The base weights get ``requires_grad`` only while they are probed."""
+    layers = lora_layers(model)
+    lora_params = [p for layer, adapter in layers.values()
+                   for p in (layer.lora_A[adapter].weight, layer.lora_B[adapter].weight)]
+    base = [layer.get_base_layer().weight for layer, _ in layers.values()]
+    lam_lora, _ = top_hessian_eigenvalue(loss_fn, lora_params, iters, tol, seed, which)
+    flags = [w.requires_grad for w in base]
+    try:
+        for w in base:
+            w.requires_grad_(True)
+        lam_full, _ = top_hessian_eigenvalue(loss_fn, base, iters, tol, seed, which)
+    finally:
+        for w, flag in zip(base, flags):
+            w.requires_grad_(flag)
+    return {"lora": lam_lora, "full": lam_full}
+
+
+def adam_preconditioned_sharpness(loss_fn: Callable[[], torch.Tensor], params: list[torch.Tensor],
+                                  optimizer: torch.optim.Optimizer, iters: int = 50, tol: float = 1e-4,
+                                  seed: int = 0) -> float:
+    """λ_max(P^{-1/2}·H·P^{-1/2}) with P = diag(√v̂ + ε) from an Adam/AdamW ``optimizer`` that has stepped
+    (v̂ = exp_avg_sq / (1 − β₂^t)). Adam's update is −η·P⁻¹·m̂, so this is the sharpness its step size meets."""
+    groups = {id(p): group for group in optimizer.param_groups for p in group["params"]}
+    scales = []
+    for i, p in enumerate(params):
+        state = optimizer.state.get(p, {})
+        if id(p) not in groups or "exp_avg_sq" not in state:
+            raise ValueError(f"params[{i}]: has no Adam state (exp_avg_sq) in optimizer; step it first")
+        group = groups[id(p)]
+        step = float(state["step"])
+        v_hat = state["exp_avg_sq"].double() / (1 - group["betas"][1] ** step)
+        scales.append((1.0 / (v_hat.sqrt() + group["eps"])).sqrt().reshape(-1))
+    d = torch.cat(scales)
+    with twice_differentiable():
+        matvec, n = hessian_matvec(loss_fn, params)
+        value, _ = power_iteration(lambda v: d * matvec(d * v), n, iters=iters, tol=tol, seed=seed)
+    return value

@@ -1,0 +1,154 @@
+"""Paper 2 evaluations: validation loss and accounting of every run; residual-stream, MLP and logit-lens
+analyses of the baseline and the X model.
+
+Each function returns plain rows (list of dicts) that the notebooks write as CSV/JSON. Every run is scored
+on the same validation windows (``eval_windows`` of ``seq_len`` tokens spread over the split).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..analysis.residual import (activation_density, logit_lens, mlp_activations, participation_ratio,
+                                 residual_entropy_by_layer, unit_utilization)
+from ..config import Config
+from ..data import ShardedTokens, eval_windows
+from ..eval.loss import token_nll
+from ..models.varwidth import block_widths
+from ..paths import Paths
+from ..train import load_model
+from .xformer import accounting, run_dirs
+
+#: The two models every analysis compares.
+ANALYZED = ("baseline", "x")
+
+
+def final_dir(paths: Paths, variant: str, size: str) -> Path:
+    folder = run_dirs(paths, variant, size)["out"] / "final"
+    if not (folder / "spec.json").is_file():
+        raise FileNotFoundError(f"{folder}: no trained model; run the xformer-pretrain stage for {variant}")
+    return folder
+
+
+def largest_size(cfg: Config) -> str:
+    """The size with the most baseline parameters (h²·L dominates; ties: the last listed)."""
+    sizes = cfg.xformer.sizes
+    return max(sizes, key=lambda s: (sizes[s].num_layers * sizes[s].hidden_size ** 2, list(sizes).index(s)))
+
+
+def _val_batches(cfg: Config, paths: Paths, windows: int, batch_size: int = 8):
+    return eval_windows(ShardedTokens(paths.tokens("validation")), cfg.xformer.seq_len, windows, batch_size)
+
+
+@torch.no_grad()
+def window_losses(model: torch.nn.Module, batches) -> np.ndarray:
+    """Mean NLL (nats) of each validation window [b, T+1] of ``batches``: [N windows]. Their mean is the
+    validation loss (all windows have T targets); paired per-window differences give its sampling error."""
+    model.eval()
+    return np.concatenate([token_nll(model, b).double().mean(1).numpy() for b in batches])
+
+
+def evaluate_runs(cfg: Config, paths: Paths) -> tuple[list[dict], list[dict]]:
+    """(runs, windows): validation loss, parameters, FLOPs, average width and KV cache of every run, with
+    its deviation from the baseline of its size (parameters actual and effective = without wasted slices,
+    FLOPs, average width, loss); and every run's per-window validation loss."""
+    x = cfg.xformer
+    rows, windows = [], []
+    for variant, size in x.runs():
+        folder = final_dir(paths, variant, size)
+        meta = json.loads((folder / "spec.json").read_text())
+        model = load_model(folder)
+        tokens = int(meta["tokens_seen"])
+        per_window = window_losses(model, _val_batches(cfg, paths, x.eval_windows))
+        acc = accounting(model.spec, x.seq_len, tokens)
+        rows.append({"variant": variant, "size": size, "hidden_size": model.spec.hidden_size,
+                     "num_layers": model.spec.num_layers, "widths": " ".join(map(str, block_widths(model.spec))),
+                     "expansion": model.spec.expansion if model.spec.widths is not None else "none",
+                     "tokens": tokens, "val_loss": float(per_window.mean()), "val_windows": len(per_window),
+                     "num_parameters_model": model.num_parameters(), **acc})
+        windows.extend({"variant": variant, "size": size, "window": i, "loss": float(v)}
+                       for i, v in enumerate(per_window))
+    base = {r["size"]: r for r in rows if r["variant"] == "baseline"}
+    for r in rows:
+        b = base[r["size"]]
+        r["parameter_deviation"] = r["parameters"] / b["parameters"] - 1.0
+        r["effective_parameter_deviation"] = r["effective_parameters"] / b["effective_parameters"] - 1.0
+        r["flop_ratio"] = r["forward_flops"] / b["forward_flops"]
+        r["average_width_ratio"] = r["average_width"] / b["average_width"]
+        r["loss_gap"] = r["val_loss"] - b["val_loss"]
+    return rows, windows
+
+
+def metrics(rows: list[dict]) -> dict[str, float]:
+    """Flat metrics for ``dvc metrics``: validation loss of every run and the X/baseline ratios."""
+    out = {}
+    for r in rows:
+        key = f"{r['variant']}.{r['size']}"
+        out[f"val_loss.{key}"] = round(float(r["val_loss"]), 5)
+        if r["variant"] != "baseline":
+            out[f"flop_ratio.{key}"] = round(float(r["flop_ratio"]), 5)
+            out[f"parameter_deviation.{key}"] = round(float(r["effective_parameter_deviation"]), 5)
+    return out
+
+
+def _analysis_input(cfg: Config, paths: Paths) -> torch.Tensor:
+    """[N, seq_len + 1] validation windows (N = analysis.windows), the same for both models."""
+    return torch.cat(list(_val_batches(cfg, paths, cfg.xformer.analysis.windows)))
+
+
+def entropy_rows(cfg: Config, paths: Paths) -> list[dict]:
+    """Normalized residual-stream matrix entropy after the embedding (stage 0) and each block, for the
+    baseline and the X model at every size."""
+    batch = _analysis_input(cfg, paths)[:, :-1]
+    rows = []
+    for variant in ANALYZED:
+        for size in cfg.xformer.sizes:
+            model = load_model(final_dir(paths, variant, size)).eval()
+            widths = (model.spec.hidden_size,) + block_widths(model.spec)
+            for stage, value in enumerate(residual_entropy_by_layer(model, batch)):
+                rows.append({"variant": variant, "size": size, "stage": stage, "width": widths[stage],
+                             "entropy": value})
+    return rows
+
+
+def mlp_rows(cfg: Config, paths: Paths, size: str) -> dict[str, list[dict]]:
+    """MLP activation density over thresholds, participation ratio per layer and per-unit utilization
+    (units sorted by utilization, for heatmaps) of the baseline and the X model at ``size``."""
+    a = cfg.xformer.analysis
+    batch = _analysis_input(cfg, paths)[:, :-1]
+    density, pr, util = [], [], []
+    for variant in ANALYZED:
+        model = load_model(final_dir(paths, variant, size)).eval()
+        acts = mlp_activations(model, batch)
+        dens = activation_density(acts, a.thresholds)
+        for layer, row in enumerate(dens):
+            for t, value in zip(a.thresholds, row):
+                density.append({"variant": variant, "layer": layer, "threshold": t, "density": float(value)})
+        for layer, value in enumerate(participation_ratio(acts)):
+            units = acts[layer].shape[1]
+            pr.append({"variant": variant, "layer": layer, "units": units, "participation_ratio": value,
+                       "participation_fraction": value / units})
+        for layer, values in enumerate(unit_utilization(acts, a.utilization_threshold)):
+            for rank, value in enumerate(np.sort(values)[::-1]):
+                util.append({"variant": variant, "layer": layer, "rank": rank, "utilization": float(value)})
+    return {"density": density, "participation": pr, "utilization": util}
+
+
+def logit_lens_rows(cfg: Config, paths: Paths, size: str) -> list[dict]:
+    """Logit lens per stage (0 = embedding, ℓ = after block ℓ): target log-prob, entropy (nats) and the KL
+    from the previous stage's prediction."""
+    windows = _analysis_input(cfg, paths)
+    rows = []
+    for variant in ANALYZED:
+        model = load_model(final_dir(paths, variant, size)).eval()
+        lens = logit_lens(model, windows[:, :-1], windows[:, 1:])
+        for stage in range(len(lens["logprob"])):
+            # kl_from_previous at stage s ≥ 1: KL(p_s ‖ p_{s−1}), what block s changes in the prediction.
+            kl = float(lens["kl_next"][stage - 1]) if stage > 0 else float("nan")
+            rows.append({"variant": variant, "stage": stage, "logprob": float(lens["logprob"][stage]),
+                         "entropy": float(lens["entropy"][stage]), "kl_from_previous": kl})
+    return rows
