@@ -6,14 +6,14 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
 PROFILE ?=
-PYTEST_ARGS ?=
+PYTEST_ARGS ?= -n 2 --dist loadfile
 export PATH := $(BIN):$(PATH)
 # No telemetry, no Hub access from code paths that would otherwise try.
 export DVC_NO_ANALYTICS := 1
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup repro test bench notebooks-clean notebooks-check lock lab
+.PHONY: setup repro test bench gpu-check notebooks-clean notebooks-check lock lab
 
 setup: $(VENV)/.setup-done
 
@@ -29,6 +29,7 @@ $(VENV)/.setup-done: pyproject.toml requirements/lock.txt
 
 repro: setup
 	@if [ -z "$(PROFILE)" ]; then dvc repro; else dvc exp run -S profile=$(PROFILE); fi
+	$(BIN)/python -m lmrepro.analysis.claims
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -36,6 +37,9 @@ test: setup
 bench: setup
 	$(BIN)/python benchmarks/ops_cpu.py
 	$(BIN)/python benchmarks/models_cpu.py
+
+gpu-check:
+	PYTHONPATH=src:vendor python scripts/gpu_check.py --json-out gpu_check.json
 
 lab: setup
 	$(BIN)/jupyter lab notebooks/

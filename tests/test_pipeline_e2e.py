@@ -99,3 +99,18 @@ def test_invalid_parameter_fails_the_stage_visibly_and_checkpoints_survive(repo)
     out = _run(["dvc", "repro"], repo)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "resumed from the checkpoint" in out.stdout + out.stderr
+
+
+def test_every_paper_writes_a_claims_ledger_with_computed_verdicts(repo):
+    from lmrepro.analysis.claims import VERDICTS
+
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    for paper, criteria in params["claims"].items():
+        ledger = json.loads((repo / f"results/{paper}/claims.json").read_text())
+        assert ledger["profile"] == "smoke"
+        assert [c["id"] for c in ledger["claims"]] == list(criteria)
+        for row in ledger["claims"]:
+            assert row["verdict"] in VERDICTS
+            assert row["value"] is None or math.isfinite(row["value"])
+        figures = list((repo / f"results/{paper}/figures").glob("*.png"))
+        assert figures, f"{paper}: no figures"

@@ -96,3 +96,37 @@ def update_readme(readme: str | Path, ledgers: dict[str, str | Path]) -> bool:
         text = pattern.sub(lambda _: block, text)
     readme.write_text(text)
     return text != original
+
+
+PAPERS = ("hybrid_attention", "xformer", "lora_alpha")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m lmrepro.analysis.claims [--check]``: render every committed ledger into README.md
+    (between its markers); with --check, only report whether README.md is up to date (exit 1 if not)."""
+    import argparse
+    import shutil
+    import tempfile
+
+    from ..paths import project_paths
+
+    parser = argparse.ArgumentParser(prog="python -m lmrepro.analysis.claims")
+    parser.add_argument("--check", action="store_true")
+    args = parser.parse_args(argv)
+    root = project_paths().root
+    ledgers = {p: root / "results" / p / "claims.json" for p in PAPERS if (root / "results" / p / "claims.json").is_file()}
+    readme = root / "README.md"
+    if args.check:
+        with tempfile.TemporaryDirectory() as tmp:
+            copy = Path(tmp) / "README.md"
+            shutil.copy(readme, copy)
+            stale = update_readme(copy, ledgers)
+        print("README.md claims tables are " + ("stale: run python -m lmrepro.analysis.claims" if stale else "up to date"))
+        return 1 if stale else 0
+    changed = update_readme(readme, ledgers)
+    print(f"README.md {'updated' if changed else 'already up to date'} from {sorted(ledgers)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,11 +1,280 @@
-"""Schema of the ``lora_alpha`` section of a profile (filled in by the lora_alpha pipeline)."""
+"""Schema of the ``lora_alpha`` section of a profile (paper 3: the scaling factor α of LoRA).
+
+The base model is our foundation baseline (``base``, smoke/laptop) or any HF causal LM (``hf_model``, paper).
+Two tasks, both with fixed train/validation splits: ``domain`` (language modeling on a held-out domain:
+package READMEs on the laptop, an HF text dataset at paper scale) and ``reasoning`` (supervised fine-tuning:
+the synthetic arithmetic task on the laptop, an HF SFT dataset at paper scale). The sweeps, methods and
+mechanisms are the paper's and fixed (dvc.yaml iterates over the tasks); a profile sets the scale.
+
+Learning rates are ``sweep.base_lr`` times multipliers, α is r times multipliers (s = α/r = the multiplier),
+so the grid is the same at every rank and "raise α by m" and "raise the learning rate by m" meet at the same
+grid points (equal effective first step under Adam: ΔW ∝ s·η).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .schema_tools import bounded, require
+
+TASKS = ("domain", "reasoning")
+#: The methods compared at their best settings (claim 6); "full" is full fine-tuning.
+METHODS = ("lora_2r", "lora_16", "rslora", "loraplus", "lora_alpha_rank", "lora_alpha_layerwise", "full")
+DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class HFModelConfig:
+    """Any HF causal LM (paper profile), loaded with ``lmrepro.lora.hf_models.load_causal_lm``."""
+
+    name: str = field(metadata={"doc": "Hub id or local folder, e.g. meta-llama/Llama-3.2-1B"})
+    dtype: str = bounded("float32", choices=("float32", "bfloat16", "float16"),
+                         doc="weights dtype (float32 + bf16 autocast keeps AdamW exact)")
+    revision: str | None = None
+    trust_remote_code: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class HFTextConfig:
+    """An HF text dataset streamed with ``datasets`` (paper profile's held-out domain)."""
+
+    path: str
+    name: str | None = None
+    split: str = "train"
+    text_field: str = "text"
+    data_files: str | None = None
+    max_documents: int = bounded(min=2, doc="documents read (both splits)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class HFSFTConfig:
+    """An HF SFT dataset (``lmrepro.lora.hf_models.hf_sft_dataset``): either prompt/response fields or a chat."""
+
+    path: str
+    name: str | None = None
+    split: str = "train"
+    data_files: str | None = None
+    revision: str | None = None
+    prompt_field: str | None = None
+    response_field: str | None = None
+    messages_field: str | None = None
+    max_examples: int = bounded(min=2, doc="examples read (train + validation)")
+    val_examples: int = bounded(min=1, doc="the last val_examples read are the validation split")
+
+    def check(self, path: str) -> None:
+        pair = self.prompt_field is not None and self.response_field is not None
+        require(pair != (self.messages_field is not None) and (pair or not (self.prompt_field or self.response_field)),
+                f"{path}.messages_field", "give either prompt_field and response_field, or messages_field")
+        require(self.val_examples < self.max_examples, f"{path}.val_examples",
+                f"{self.val_examples} must be less than max_examples {self.max_examples}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DomainTaskConfig:
+    """Language modeling on a held-out domain: windows of seq_len + 1 tokens, every token supervised."""
+
+    source: str = bounded("package-docs", choices=("package-docs", "hf"))
+    seq_len: int = bounded(128, min=8)
+    max_documents: int | None = bounded(None, min=2, doc="package-docs: documents in the corpus (None: all)")
+    min_chars: int = bounded(500, min=1, doc="package-docs: shortest description kept")
+    val_fraction: float = bounded(0.1, min=1e-3, max=0.5)
+    train_windows: int | None = bounded(None, min=1, doc="cap on training windows (None: all)")
+    val_windows: int = bounded(32, min=2, doc="validation windows (half select hyperparameters, half report)")
+    hf: HFTextConfig | None = None
+
+    def check(self, path: str) -> None:
+        require(self.source != "hf" or self.hf is not None, f"{path}.hf",
+                "source is 'hf', so hf (path, split, text_field, ...) must be given")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReasoningTaskConfig:
+    """SFT with the loss on the response tokens only; exact-match accuracy on the synthetic task."""
+
+    source: str = bounded("synthetic", choices=("synthetic", "hf"))
+    n_train: int = bounded(2000, min=8)
+    n_val: int = bounded(128, min=4, doc="validation problems (half select hyperparameters, half report)")
+    steps: list[int] = bounded([2, 3], min=1, max=8, doc="operations per problem")
+    max_operand: int = bounded(20, min=2)
+    max_multiplier: int = bounded(9, min=2)
+    max_len: int = bounded(96, min=8, doc="longest prompt + response in tokens")
+    accuracy_examples: int = bounded(64, min=0, doc="report-half problems scored by greedy exact match (0: none)")
+    hf: HFSFTConfig | None = None
+
+    def check(self, path: str) -> None:
+        require(self.source != "hf" or self.hf is not None, f"{path}.hf",
+                "source is 'hf', so hf (path, fields, max_examples, val_examples) must be given")
+        require(self.source != "hf" or self.accuracy_examples == 0, f"{path}.accuracy_examples",
+                "exact-match accuracy needs the synthetic task's answers; set 0 for an hf dataset")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TasksConfig:
+    domain: DomainTaskConfig = field(default_factory=DomainTaskConfig)
+    reasoning: ReasoningTaskConfig = field(default_factory=ReasoningTaskConfig)
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoraTrainConfig:
+    """One fine-tuning run (every sweep point and method): AdamW, warmup + schedule, clipping."""
+
+    steps: int = bounded(min=1)
+    batch_size: int = bounded(8, min=1)
+    micro_batch_size: int | None = bounded(None, min=1, doc="gradient accumulation chunk (None: whole batch)")
+    schedule: str = bounded("cosine", choices=("cosine", "wsd", "constant"))
+    warmup_fraction: float = bounded(0.1, min=0.0, max=0.5)
+    min_lr_ratio: float = bounded(0.1, min=0.0, max=1.0)
+    weight_decay: float = bounded(0.0, min=0.0)
+    grad_clip: float | None = bounded(1.0, min=0.0)
+    eval_every: int | None = bounded(None, min=1, doc="validation loss every k steps in the method runs")
+    precision: str = bounded("auto", choices=("auto", "fp32", "bf16"), doc="auto: bf16 autocast on CUDA")
+
+    def check(self, path: str) -> None:
+        require(self.micro_batch_size is None or self.batch_size % self.micro_batch_size == 0,
+                f"{path}.micro_batch_size", f"{self.micro_batch_size} must divide batch_size {self.batch_size}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SweepConfig:
+    """α multiplier × learning rate at several ranks (claims 1, 4)."""
+
+    ranks: list[int] = bounded(min=1)
+    alpha_multipliers: list[float] = bounded(min=1e-3, doc="α = r·m, i.e. s = α/r = m")
+    base_lr: float = bounded(min=1e-7, max=1.0, doc="the small, full-fine-tuning-style learning rate")
+    lr_multipliers: list[float] = bounded(min=1e-3, doc="learning rates base_lr·m")
+    cross_ranks: list[int] | None = bounded(None, min=1, doc="ranks with the full α × lr cross product "
+                                            "(None: every rank); the others run the α axis at base_lr only")
+    noise_seeds: list[int] = bounded([], min=0, doc="extra seeds of the base point (α = r, base_lr) per "
+                                      "rank: the seed-to-seed spread behind the margins")
+
+    def rank_grid(self) -> list[tuple[int, float, float]]:
+        """Every (rank, α multiplier, lr multiplier) of the sweep, in run order."""
+        cross = set(self.ranks if self.cross_ranks is None else self.cross_ranks)
+        grid = []
+        for r in self.ranks:
+            lrs = self.lr_multipliers if r in cross else [1.0]
+            grid += [(r, a, m) for m in lrs for a in self.alpha_multipliers]
+        return grid
+
+    def check(self, path: str) -> None:
+        for key in ("ranks", "alpha_multipliers", "lr_multipliers"):
+            values = getattr(self, key)
+            require(len(values) >= (3 if key != "lr_multipliers" else 2) and values == sorted(set(values)),
+                    f"{path}.{key}", f"must be strictly increasing with at least "
+                    f"{3 if key != 'lr_multipliers' else 2} values (a fit and an optimum need them), got {values}")
+        for key in ("alpha_multipliers", "lr_multipliers"):
+            require(1.0 in getattr(self, key), f"{path}.{key}", "must contain 1 (the base point α = r, base_lr)")
+        require(self.base_lr * max(self.lr_multipliers) <= 1.0, f"{path}.lr_multipliers",
+                f"base_lr·{max(self.lr_multipliers)} exceeds a learning rate of 1")
+        if self.cross_ranks is not None:
+            extra = sorted(set(self.cross_ranks) - set(self.ranks))
+            require(not extra, f"{path}.cross_ranks", f"{extra} are not in ranks {self.ranks}")
+            require(len(self.cross_ranks) >= 1, f"{path}.cross_ranks", "give at least one rank (or null: all)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class MethodsConfig:
+    """Every method at its best setting (claims 5, 6): equal tuning budget per method and rank.
+
+    LoRA, rsLoRA and LoRA+ tune the learning rate over ``lrs``; LoRA-α keeps the sweep's small base_lr and
+    tunes only a narrow multiplier of its α (``alpha_multipliers``); full fine-tuning tunes over ``full_lrs``.
+    """
+
+    names: list[str] = bounded(list(METHODS), choices=METHODS)
+    ranks: list[int] = bounded(min=1)
+    lrs: list[float] = bounded(min=1e-7, max=1.0)
+    full_lrs: list[float] = bounded(min=1e-7, max=1.0)
+    alpha_multipliers: list[float] = bounded([0.5, 1.0, 2.0], min=1e-3, doc="LoRA-α: α·m around the proposal")
+    fixed_alpha: float = bounded(16.0, min=1e-3, doc="the 'lora_16' baseline (s = 16/r)")
+    rslora_alpha: float = bounded(16.0, min=1e-3, doc="rsLoRA α (s = α/√r)")
+    loraplus_ratio: float = bounded(16.0, min=1.0, doc="LoRA+ η_B / η_A (α = 2r)")
+    rank_rule_C: float | None = bounded(None, min=1e-3, doc="LoRA-α rank rule α = C·√r; None: the C fitted "
+                                        "by this task's sweep at base_lr (our calibration)")
+    layerwise_batches: int = bounded(2, min=1, doc="training batches the layer-wise curvatures are measured on")
+
+    def check(self, path: str) -> None:
+        require(len(self.names) == len(set(self.names)), f"{path}.names", "list each method once")
+        for key in ("ranks", "lrs", "full_lrs", "alpha_multipliers"):
+            values = getattr(self, key)
+            require(len(values) >= 1 and values == sorted(set(values)), f"{path}.{key}",
+                    f"must be strictly increasing and non-empty, got {values}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SignalDriftConfig:
+    rank: int = bounded(4, min=1)
+    alpha_multipliers: list[float] = bounded([1.0, 4.0, 16.0, 64.0], min=1e-3)
+    lr_multipliers: list[float] = bounded([1.0, 4.0, 16.0, 64.0], min=1e-3)
+    steps: int = bounded(40, min=2)
+    skip_steps: int = bounded(1, min=0, doc="first steps left out of the per-run mean (B = 0 at step 1: D = 0)")
+
+    def check(self, path: str) -> None:
+        for key in ("alpha_multipliers", "lr_multipliers"):
+            values = getattr(self, key)
+            require(len(values) >= 2 and values == sorted(set(values)) and 1.0 in values, f"{path}.{key}",
+                    f"must be strictly increasing, contain 1 and have >= 2 values (a slope), got {values}")
+        require(self.skip_steps < self.steps, f"{path}.skip_steps", f"{self.skip_steps} leaves no step of {self.steps}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class CurvatureConfig:
+    ranks: list[int] = bounded([2, 8], min=1)
+    alpha_rule: str = bounded("2r", choices=("2r", "r"), doc="the standard α the LoRA curvature is measured at")
+    at_fractions: list[float] = bounded([0.0, 0.5, 1.0], min=0.0, max=1.0,
+                                        doc="measure at these fractions of the training steps (0: init)")
+    steps: int = bounded(40, min=1, doc="training steps (base_lr·lr_multiplier, the standard α)")
+    lr_multiplier: float = bounded(16.0, min=1e-3, doc="of sweep.base_lr: a LoRA-style learning rate")
+    batch_size: int = bounded(4, min=1, doc="sequences in the fixed curvature batch")
+    iters: int = bounded(30, min=2, doc="Hessian-vector products per power iteration")
+    tol: float = bounded(1e-3, min=1e-8, max=0.5)
+
+    def check(self, path: str) -> None:
+        require(self.at_fractions == sorted(set(self.at_fractions)) and len(self.at_fractions) >= 1,
+                f"{path}.at_fractions", "must be strictly increasing and non-empty")
+
+
+@dataclass(frozen=True, kw_only=True)
+class MLPConfig:
+    """The 5-layer synthetic MLP (claim 7): lr ×lr_multiplier versus α ×alpha_multiplier, several seeds."""
+
+    seeds: list[int] = bounded([0, 1, 2], min=0)
+    lr_multiplier: float = bounded(128.0, min=1.0)
+    alpha_multiplier: float = bounded(256.0, min=1.0)
+    base_lr: float = bounded(1e-3, min=1e-7, max=1.0)
+    base_alpha: float = bounded(8.0, min=1e-3)
+    r: int = bounded(4, min=1)
+    steps: int = bounded(200, min=1)
+    width: int = bounded(64, min=2)
+    diverge_factor: float = bounded(10.0, min=1.0001)
+
+    def check(self, path: str) -> None:
+        require(len(self.seeds) >= 1 and len(set(self.seeds)) == len(self.seeds), f"{path}.seeds",
+                "give at least one seed, each once")
+
+
+@dataclass(frozen=True, kw_only=True)
+class MechanismsConfig:
+    """Signal/drift, curvature (our reconstructions) and the synthetic MLP, on one task."""
+
+    task: str = bounded("domain", choices=TASKS)
+    signal_drift: SignalDriftConfig = field(default_factory=SignalDriftConfig)
+    curvature: CurvatureConfig = field(default_factory=CurvatureConfig)
+    mlp: MLPConfig = field(default_factory=MLPConfig)
 
 
 @dataclass(frozen=True, kw_only=True)
 class LoraAlphaConfig:
-    """Filled in by the pipeline."""
+    """The LoRA-α study: base model, tasks, the α × lr sweep, the methods, the mechanisms."""
+
+    base: str = bounded("baseline", doc="smoke/laptop: run name of our pretrained model in data/models/<base>/final")
+    hf_model: HFModelConfig | None = field(default=None, metadata={"doc": "paper: an HF causal LM instead of base"})
+    target_modules: list[str] = bounded(list(DEFAULT_TARGETS), doc="linear layers PEFT adapts (its matching)")
+    seed: int = bounded(0, min=0, doc="adapter init and data order of every run")
+    tasks: TasksConfig = field(default_factory=TasksConfig)
+    train: LoraTrainConfig
+    sweep: SweepConfig
+    methods: MethodsConfig
+    mechanisms: MechanismsConfig = field(default_factory=MechanismsConfig)
+
+    def check(self, path: str) -> None:
+        require(len(self.target_modules) >= 1, f"{path}.target_modules", "name at least one linear layer")

@@ -1,0 +1,122 @@
+#!/usr/bin/env python
+"""The one prepared GPU check (≤ 8 minutes on one H200): op parity + op timing, then model throughput.
+
+    PYTHONPATH=src:vendor python scripts/gpu_check.py [--quick] [--json-out gpu_check.json]
+
+1. ``scripts/gpu_check_ops.py``: every op's kernel path (fla, flash-attn, FlexAttention) against the
+   naive / chunked references, fp32 and bf16, outputs and gradients; op timing at 16K.
+2. Training throughput (forward + backward, bf16 autocast) of every hybrid-attention architecture at
+   the paper profile's sizes S1–S3 and 16K context, batch 1: tokens/s and MFU (model FLOPs per token
+   6·N + attention 12·L_attn·T_eff·d, against the device's bf16 dense peak).
+Prints one JSON object; exit status 1 when a parity check fails, 2 without CUDA.
+``--cpu-selftest`` runs part 2 on CPU at toy sizes to check this script's plumbing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12}
+
+
+def model_flops_per_token(model, seq_len: int) -> float:
+    """6·N (dense matmuls, forward + backward) + 12·d·T_eff per attention layer (scores and values), where
+    T_eff is the mean number of keys a query sees: T/2 causal, W with a window (linear mixers: not counted)."""
+    n = model.num_parameters() - model.embed_tokens.weight.numel()
+    attn = 0.0
+    for block in model.layers:
+        if block.layer.mixer == "attention":
+            keys = seq_len / 2 if block.layer.window is None else min(block.layer.window, seq_len)
+            attn += 12 * model.spec.hidden_size * keys
+    return 6 * n + attn
+
+
+def throughput(arch: str, size: str, seq_len: int, device: str, steps: int = 3) -> dict:
+    import torch
+
+    from lmrepro.config import load_config
+    from lmrepro.models import DecoderLM
+    from lmrepro.papers.hybrid import arch_spec
+
+    cfg = load_config(ROOT / "params.yaml", profile="paper")
+    torch.manual_seed(0)
+    model = DecoderLM(arch_spec(cfg, arch, size)).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device == "cuda")
+    x = torch.randint(0, model.spec.vocab_size, (1, seq_len + 1), device=device)
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    times = []
+    for i in range(steps + 1):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        with torch.autocast(device, dtype=dtype, enabled=device == "cuda"):
+            logits = model(x[:, :-1])
+            loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), x[:, 1:].flatten())
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        if i:
+            times.append(time.perf_counter() - start)
+    step = sorted(times)[len(times) // 2]
+    tokens_per_s = seq_len / step
+    out = {"arch": arch, "size": size, "seq_len": seq_len, "parameters": model.num_parameters(),
+           "tokens_per_s": round(tokens_per_s, 1), "step_s": round(step, 4)}
+    if device == "cuda":
+        name = torch.cuda.get_device_name()
+        peak = next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
+        out["mfu"] = round(model_flops_per_token(model, seq_len) * tokens_per_s / peak, 4) if peak else None
+        out["max_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+        torch.cuda.reset_peak_memory_stats()
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true", help="parity only for the ops, S1 only for throughput")
+    parser.add_argument("--json-out", default=None)
+    parser.add_argument("--cpu-selftest", action="store_true")
+    args = parser.parse_args()
+    sys.path.insert(0, str(ROOT / "src"))
+    import torch
+
+    from lmrepro.config.hybrid import ARCHITECTURES
+
+    report: dict = {"ops": None, "throughput": []}
+    if args.cpu_selftest:
+        report["throughput"] = [throughput(a, "s1", 64, "cpu", steps=1) for a in ("full", "gdn")]
+        print(json.dumps(report, indent=2))
+        return 0
+    if not torch.cuda.is_available():
+        print(json.dumps({"error": "no CUDA device: nothing checked"}))
+        return 2
+    ops = subprocess.run([sys.executable, str(ROOT / "scripts" / "gpu_check_ops.py")] + (["--quick"] if args.quick else []),
+                         capture_output=True, text=True, timeout=300)
+    try:
+        report["ops"] = json.loads(ops.stdout)
+    except json.JSONDecodeError:
+        report["ops"] = {"exit": ops.returncode, "stdout": ops.stdout[-3000:], "stderr": ops.stderr[-3000:]}
+    report["ops_exit"] = ops.returncode
+    sizes = ["s1"] if args.quick else ["s1", "s2", "s3"]
+    for size in sizes:
+        for arch in ARCHITECTURES:
+            try:
+                report["throughput"].append(throughput(arch, size, 16384, "cuda"))
+            except Exception as err:  # report and continue: one failing kernel must not hide the others
+                report["throughput"].append({"arch": arch, "size": size, "error": repr(err)[:500]})
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.json_out:
+        Path(args.json_out).write_text(text)
+    return 1 if ops.returncode == 1 else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,336 @@
+"""Paper 3 experiments: the α × learning-rate sweep, the methods at their best settings, the mechanisms.
+
+Every function returns plain rows (lists of dicts) that the notebooks write as CSV. Our reconstructions (the
+brief publishes no code): the layer-wise α rule, the signal/drift decomposition and the curvature probes
+(lmrepro.lora; their derivations are in those modules' docstrings).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..config import Config
+from ..config.lora import METHODS
+from ..lora import (SignalDrift, alpha_for, layerwise_report, lora_vs_full_curvature, mean_over_layers,
+                    run_mlp_experiment, total_ratio)
+from ..lora.alpha import AlphaChoice
+from ..lora.curvature import twice_differentiable
+from ..lora.finetune import reasoning_accuracy, sft_loss
+from .lora import (RunSpec, TaskData, Timer, curve_rows, make_model, run_summary, section, train_run)
+
+LORA_STYLE = tuple(m for m in METHODS if m != "full")
+
+
+def _log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+# ------------------------------------------------------------------------------------------ sweep
+
+def sweep(cfg: Config, base: torch.nn.Module, data: TaskData) -> tuple[list[dict], list[dict]]:
+    """α multiplier × lr multiplier at every rank (``sweep.rank_grid()``), plus ``noise_seeds`` repeats of the
+    base point. α = r·m_α (s = m_α), lr = base_lr·m_lr. Returns (runs, curves)."""
+    la = section(cfg)
+    sw = la.sweep
+    points = [(r, a, m, la.seed) for r, a, m in sw.rank_grid()]
+    points += [(r, 1.0, 1.0, seed) for r in sw.ranks for seed in sw.noise_seeds if seed != la.seed]
+    runs, curves, clock = [], [], Timer()
+    every = max(1, la.train.steps // 50)
+    for i, (r, am, lm, seed) in enumerate(points):
+        choice = alpha_for("fixed", r, alpha=am * r)
+        spec = RunSpec(lr=sw.base_lr * lm, choice=choice)
+        model, result = train_run(cfg, base, data, spec, seed=seed)
+        keys = {"task": data.name, "rank": r, "alpha_multiplier": am, "lr_multiplier": lm, "seed": seed}
+        row = {**keys, "alpha": choice.lora_alpha, "scaling": choice.scaling, "lr": spec.lr,
+               **run_summary(cfg, model, data, result, splits=("select", "report"))}
+        row["val_loss"] = _combined(row, data)
+        runs.append(row)
+        curves += curve_rows(result, every, **keys)
+        _log(f"[{clock():7.1f}s] sweep {data.name} {i + 1}/{len(points)} r={r} α×{am:g} lr×{lm:g} seed={seed}: "
+             f"val {row['val_loss']:.4f}{' (diverged)' if row['diverged'] else ''}")
+    return runs, curves
+
+
+def _combined(row: dict, data: TaskData) -> float:
+    """Loss over the whole validation split from the two halves (weighted by supervised tokens)."""
+    n = {s: int((getattr(data, s)["labels"][:, 1:] != -100).sum()) for s in ("select", "report")}
+    return (row["select_loss"] * n["select"] + row["report_loss"] * n["report"]) / (n["select"] + n["report"])
+
+
+# ------------------------------------------------------------------------------------------ α* and its fit
+
+def best_alpha(runs: pd.DataFrame, lr_multiplier: float = 1.0, loss: str = "val_loss") -> pd.DataFrame:
+    """Per rank, at lr = base_lr·``lr_multiplier`` and the main seed: the grid optimum of α and α* interpolated
+    by the vertex of a parabola through the best grid point and its neighbours in (log α, loss); α* stays the
+    grid point when the optimum is at the grid's edge (``at_edge``: the true optimum may lie beyond it).
+    Diverged runs count as +inf."""
+    sel = runs[np.isclose(runs.lr_multiplier, lr_multiplier)]
+    if "seed" in sel and len(sel):
+        sel = sel[sel.seed == sel.seed.mode().iloc[0]] if sel.seed.nunique() > 1 else sel
+    rows = []
+    for r, g in sel.groupby("rank"):
+        g = g.sort_values("alpha")
+        x = np.log(g.alpha.to_numpy(float))
+        y = g[loss].to_numpy(float)
+        y = np.where(np.isfinite(y), y, np.inf)
+        k = int(np.argmin(y))
+        edge = k == 0 or k == len(y) - 1 or not np.isfinite(y[[max(k - 1, 0), min(k + 1, len(y) - 1)]]).all()
+        xs = x[k] if edge else parabola_vertex(x[k - 1:k + 2], y[k - 1:k + 2])
+        rows.append({"rank": int(r), "lr_multiplier": lr_multiplier, "alpha_grid": float(np.exp(x[k])),
+                     "alpha_star": float(np.exp(xs)), "best_loss": float(y[k]), "at_edge": bool(edge),
+                     "multiplier_star": float(np.exp(xs) / r)})
+    return pd.DataFrame(rows)
+
+
+def parabola_vertex(x: np.ndarray, y: np.ndarray) -> float:
+    """x of the vertex of the parabola through three points (x sorted, y[1] the smallest), clamped to [x0, x2]."""
+    a, b, _ = np.polyfit(x, y, 2)
+    if a <= 0:
+        return float(x[1])
+    return float(np.clip(-b / (2 * a), x[0], x[2]))
+
+
+def fit_alpha_law(ranks, alpha_stars) -> dict[str, float]:
+    """Least squares log α* = log C + k·log r → exponent k, C, R², and C_sqrt = the C of α* = C·√r with the
+    exponent fixed at 1/2 (geometric mean of α*/√r): the constant of the rank rule."""
+    r = np.asarray(ranks, float)
+    a = np.asarray(alpha_stars, float)
+    ok = np.isfinite(a) & (a > 0) & (r > 0)
+    if ok.sum() < 2:
+        return {"exponent": math.nan, "C": math.nan, "r2": math.nan, "C_sqrt": math.nan, "n": int(ok.sum())}
+    lx, ly = np.log(r[ok]), np.log(a[ok])
+    k, logc = np.polyfit(lx, ly, 1)
+    pred = logc + k * lx
+    ss = float(((ly - ly.mean()) ** 2).sum())
+    r2 = 1 - float(((ly - pred) ** 2).sum()) / ss if ss > 0 else math.nan
+    return {"exponent": float(k), "C": float(np.exp(logc)), "r2": r2,
+            "C_sqrt": float(np.exp(np.mean(ly - 0.5 * lx))), "n": int(ok.sum())}
+
+
+def fitted_C(runs: pd.DataFrame) -> float:
+    """The rank-rule constant calibrated on a sweep: C_sqrt of the α* fit at the base learning rate."""
+    return fit_alpha_law(*best_alpha(runs)[["rank", "alpha_star"]].to_numpy().T)["C_sqrt"]
+
+
+# ------------------------------------------------------------------------------------------ methods
+
+def layerwise_loss_fn(cfg: Config, base: torch.nn.Module, data: TaskData) -> Callable[[], torch.Tensor]:
+    """The loss the layer-wise rule is measured on: the first ``layerwise_batches`` training batches."""
+    la = section(cfg)
+    n = la.methods.layerwise_batches * la.train.batch_size
+    dev = next(base.parameters()).device
+    batch = {k: v[:n].to(dev) for k, v in data.train.items()}
+    if "lengths" in batch:
+        width = int(batch["lengths"].max())
+        batch = {k: (v[:, :width] if v.dim() == 2 else v) for k, v in batch.items()}
+    return lambda: sft_loss(base, batch)[0]
+
+
+def layerwise_choices(cfg: Config, base: torch.nn.Module, data: TaskData, r: int, fallback_alpha: float
+                      ) -> tuple[Callable[[float], AlphaChoice], list[dict]]:
+    """(multiplier ↦ AlphaChoice of the layer-wise rule at rank r, per-layer rows). Measured once per rank on
+    the base model; layers without positive curvature keep ``fallback_alpha`` (the rank rule's α)."""
+    import re
+
+    la = section(cfg)
+    was = base.training
+    base.eval()
+    try:
+        report = layerwise_report(base, layerwise_loss_fn(cfg, base, data), la.target_modules, r, seed=la.seed)
+    finally:
+        base.train(was)
+    rows = [{"task": data.name, "rank": r, "module": name, "q_full": lc.q_full, "q_adapter": lc.q_adapter,
+             "scaling": lc.scaling, "alpha": lc.scaling * r if math.isfinite(lc.scaling) else math.nan,
+             "fallback_alpha": fallback_alpha} for name, lc in report.items()]
+
+    def choice(m: float) -> AlphaChoice:
+        pattern = {re.escape(name): m * lc.scaling * r for name, lc in report.items() if math.isfinite(lc.scaling)}
+        alpha = fallback_alpha * m
+        return AlphaChoice(alpha, False, pattern, alpha / r, r, "layerwise")
+
+    return choice, rows
+
+
+def method_trials(cfg: Config, method: str, r: int, C: float,
+                  layerwise: Callable[[float], AlphaChoice] | None = None) -> list[tuple[str, float, RunSpec]]:
+    """(knob name, knob value, run) of every tuning trial of ``method`` at rank ``r``: the same number per
+    method where the grids have equal length. LoRA-α keeps base_lr and tunes a multiplier of its α."""
+    la = section(cfg)
+    me, base_lr = la.methods, la.sweep.base_lr
+    if method == "full":
+        return [("lr", lr, RunSpec(lr, None)) for lr in me.full_lrs]
+    if method == "lora_alpha_rank":
+        return [("alpha_multiplier", m, RunSpec(base_lr, alpha_for("sqrt", r, C=C, multiplier=m)))
+                for m in me.alpha_multipliers]
+    if method == "lora_alpha_layerwise":
+        return [("alpha_multiplier", m, RunSpec(base_lr, layerwise(m))) for m in me.alpha_multipliers]
+    choice = {"lora_2r": lambda: alpha_for("2r", r), "lora_16": lambda: alpha_for("fixed", r, alpha=me.fixed_alpha),
+              "rslora": lambda: alpha_for("rslora", r, alpha=me.rslora_alpha),
+              "loraplus": lambda: alpha_for("2r", r)}[method]()
+    ratio = me.loraplus_ratio if method == "loraplus" else None
+    return [("lr", lr, RunSpec(lr, choice, ratio)) for lr in me.lrs]
+
+
+def methods(cfg: Config, base: torch.nn.Module, data: TaskData, C: float, tokenizer=None
+            ) -> dict[str, list[dict]]:
+    """Every method × rank × tuning trial; the best trial per (method, rank) by the select-half loss, its
+    report-half loss, learning curve and (reasoning) exact-match accuracy. Full fine-tuning does not depend on
+    the rank: it runs once (rank 0 in ``runs``) and its best trial appears at every rank in ``summary``.
+
+    Returns dict(runs, curves, summary, layerwise)."""
+    la = section(cfg)
+    me = la.methods
+    runs, curves, layer_rows, clock = [], [], [], Timer()
+    best_models: dict[tuple[str, int], Any] = {}
+    eval_every = la.train.eval_every
+    jobs = []
+    for method in me.names:
+        for r in ([0] if method == "full" else me.ranks):
+            jobs.append((method, r))
+    layerwise = {}
+    for method, r in jobs:
+        if method == "lora_alpha_layerwise" and r not in layerwise:
+            layerwise[r], rows = layerwise_choices(cfg, base, data, r, fallback_alpha=C * math.sqrt(r))
+            layer_rows += rows
+        trials = method_trials(cfg, method, r, C, layerwise.get(r))
+        best = None
+        for knob, value, spec in trials:
+            model, result = train_run(cfg, base, data, spec, eval_split="report", eval_every=eval_every)
+            choice = spec.choice
+            row = {"task": data.name, "method": method, "rank": r, "knob": knob, "knob_value": value, "lr": spec.lr,
+                   "alpha": choice.lora_alpha if choice else math.nan,
+                   "scaling": choice.scaling if choice else math.nan,
+                   "layer_alphas": len(choice.alpha_pattern or {}) if choice else 0,
+                   "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
+                   **run_summary(cfg, model, data, result)}
+            runs.append(row)
+            curves += curve_rows(result, max(1, la.train.steps // 50), task=data.name, method=method, rank=r,
+                                 knob_value=value)
+            score = row["select_loss"] if math.isfinite(row["select_loss"]) else math.inf
+            if best is None or score < best[0]:
+                # Keep the model only where the accuracy needs it (an HF model is GBs).
+                best = (score, row, model if data.examples and tokenizer is not None else None)
+            _log(f"[{clock():7.1f}s] {data.name} {method} r={r} {knob}={value:g}: select {row['select_loss']:.4f} "
+                 f"report {row['report_loss']:.4f}")
+        best_models[(method, r)] = best
+    summary = []
+    for (method, r), (_, row, model) in best_models.items():
+        out = {k: row[k] for k in ("task", "method", "rank", "knob", "knob_value", "lr", "alpha", "scaling",
+                                   "trainable", "select_loss", "report_loss", "diverged")}
+        out["accuracy"] = math.nan
+        if model is not None and not row["diverged"]:
+            out["accuracy"] = reasoning_accuracy(model, tokenizer, data.examples)
+        for rank in (me.ranks if method == "full" else [r]):
+            summary.append({**out, "rank": rank})
+    # Mark the selected trial of every curve (the learning curves of the method table).
+    chosen = {(s["method"], s["rank"] if s["method"] != "full" else 0, s["knob_value"]) for s in summary}
+    for c in curves:
+        c["selected"] = (c["method"], c["rank"], c["knob_value"]) in chosen
+    return {"runs": runs, "curves": curves, "summary": summary, "layerwise": layer_rows}
+
+
+# ------------------------------------------------------------------------------------------ mechanisms
+
+def signal_drift(cfg: Config, base: torch.nn.Module, data: TaskData) -> list[dict]:
+    """Per-step signal ‖S‖, drift ‖D‖, ρ = ‖D‖/‖S‖ and alignment cos(S, −∇_W L) (means over layers; ``total_ratio``
+    over all layers together) along two axes from the base point (α = r, base_lr): raising lr only, raising α only."""
+    la = section(cfg)
+    sd = la.mechanisms.signal_drift
+    r, rows, clock = sd.rank, [], Timer()
+    axes = [("lr", m, la.sweep.base_lr * m, float(r)) for m in sd.lr_multipliers]
+    axes += [("alpha", m, la.sweep.base_lr, float(r) * m) for m in sd.alpha_multipliers]
+    for axis, m, lr, alpha in axes:
+        spec = RunSpec(lr, alpha_for("fixed", r, alpha=alpha))
+        model = make_model(base, spec, la.target_modules, la.seed)
+        probe = _Probe(SignalDrift(model))
+        _, result = train_run(cfg, base, data, spec, steps=sd.steps, callbacks=[probe], model=model)
+        probe.probe.remove()
+        for row, stats in zip(result.rows, probe.stats):
+            rows.append({"task": data.name, "rank": r, "axis": axis, "multiplier": m, "lr": lr, "alpha": alpha,
+                         "step": row["step"], "loss": row["loss"], **stats})
+        _log(f"[{clock():7.1f}s] signal/drift {axis}×{m:g}: mean ratio "
+             f"{np.nanmean([s['ratio'] for s in probe.stats[sd.skip_steps:]]):.4g}")
+    return rows
+
+
+class _Probe:
+    """SignalDrift as a finetune callback, keeping per-step layer means and the all-layer ratio."""
+
+    def __init__(self, probe: SignalDrift):
+        self.probe, self.stats = probe, []
+
+    def before_step(self):
+        self.probe.before_step()
+
+    def after_step(self):
+        stats = self.probe.after_step()
+        self.stats.append({**mean_over_layers(stats), "total_ratio": total_ratio(stats)})
+        return None
+
+
+def curvature(cfg: Config, base: torch.nn.Module, data: TaskData) -> list[dict]:
+    """Top Hessian eigenvalue over the LoRA parameters versus over the base weights they adapt, at the standard
+    α (``alpha_rule``), at init and at fractions of a short LoRA training run, on a fixed training batch."""
+    la = section(cfg)
+    cv = la.mechanisms.curvature
+    dev = next(base.parameters()).device
+    batch = {k: v[:cv.batch_size].to(dev) for k, v in data.train.items()}
+    if "lengths" in batch:
+        width = int(batch["lengths"].max())
+        batch = {k: (v[:, :width] if v.dim() == 2 else v) for k, v in batch.items()}
+    at = sorted({round(f * cv.steps) for f in cv.at_fractions})
+    rows, clock = [], Timer()
+    for r in cv.ranks:
+        spec = RunSpec(la.sweep.base_lr * cv.lr_multiplier, alpha_for(cv.alpha_rule, r))
+        model = make_model(base, spec, la.target_modules, la.seed)
+
+        def measure(step: int, model=model, r=r) -> None:
+            was = model.training
+            model.eval()
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                lam = lora_vs_full_curvature(model, lambda: sft_loss(model, batch)[0], iters=cv.iters, tol=cv.tol,
+                                             seed=la.seed)
+            model.train(was)
+            converged = not any("not converged" in str(w.message) for w in caught)
+            rows.append({"task": data.name, "rank": r, "alpha": spec.choice.lora_alpha, "step": step,
+                         "lambda_lora": lam["lora"], "lambda_full": lam["full"],
+                         "ratio": lam["lora"] / lam["full"] if lam["full"] > 0 else math.nan, "converged": converged})
+            _log(f"[{clock():7.1f}s] curvature r={r} step {step}: λ_lora {lam['lora']:.4g} λ_full {lam['full']:.4g}")
+
+        if 0 in at:
+            measure(0)
+        probe = _AtSteps([s for s in at if s > 0], measure)
+        if probe.steps:
+            train_run(cfg, base, data, spec, steps=cv.steps, callbacks=[probe], model=model)
+    return rows
+
+
+class _AtSteps:
+    def __init__(self, steps, fn):
+        self.steps, self.fn, self.count = set(steps), fn, 0
+
+    def after_step(self):
+        self.count += 1
+        if self.count in self.steps:
+            self.fn(self.count)
+        return None
+
+
+def mlp(cfg: Config) -> list[dict]:
+    """The 5-layer synthetic MLP (claim 7) for every seed: lr ×lr_multiplier (α fixed) versus α ×alpha_multiplier
+    (lr fixed), each next to its ×1 base run."""
+    m = section(cfg).mechanisms.mlp
+    rows = []
+    for seed in m.seeds:
+        for row in run_mlp_experiment((1, m.lr_multiplier), (1, m.alpha_multiplier), base_lr=m.base_lr,
+                                      base_alpha=m.base_alpha, r=m.r, steps=m.steps, seed=seed,
+                                      diverge_factor=m.diverge_factor, width=m.width):
+            rows.append({"seed": seed, **row})
+    return rows

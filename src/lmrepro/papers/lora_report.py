@@ -1,0 +1,270 @@
+"""Paper 3 report: read the sweep, method and mechanism tables, fit α* ∝ r^k, compute each claim's metric.
+
+Metrics (named in params.yaml's claims; all from our numbers; "loss" is the validation loss of the task: every
+token of the held-out domain, the response tokens of the reasoning task; ``<task>`` is domain or reasoning):
+  alpha_vs_lr_gap_<task>       claim 1: at equal effective step (the multipliers m common to both axes of the
+                               sweep, from the base point α = r, base_lr): min_m loss(lr ×m, α = r) −
+                               min_m loss(α ×m, base_lr), mean over the ranks with the full cross product
+                               (> 0: raising α reaches a loss that raising the learning rate does not)
+  log10_curvature_ratio        claim 2: median over ranks and measurement points (init and during training) of
+                               log10(λ_max over the LoRA parameters / λ_max over the base weights they adapt), at
+                               the standard α (< 0: the low-rank parametrization suppresses the curvature)
+  drift_slope_gap              claim 3: d log ρ / d log(lr multiplier) − d log ρ / d log(α multiplier), ρ = ‖D‖/‖S‖
+                               averaged per run over layers and steps (> 0: the drift ratio grows with the lr, not α)
+  alpha_exponent_error_<task>  claim 4: |k − 1/2| for the least-squares fit log α* = log C + k·log r at base_lr;
+                               NaN (inconclusive) when more than half of the ranks have α* at the grid's edge
+  alpha_star_over_2r_<task>    claim 4: median over ranks of log2(α* / 2r) at base_lr (> 0: the optimal α is
+                               larger than the common default α = 2r; the paper's "unexpectedly large C")
+  rank_rule_gain_<task>        claim 5: mean over ranks of min(loss LoRA α=2r, LoRA α=16) − loss LoRA-α (rank
+                               rule), report halves, each at its best setting (> 0: LoRA-α better)
+  layerwise_gain_<task>        claim 5: the same for the LoRA-α layer-wise rule (our reconstruction)
+  gain_rank_trend_<task>       claim 6: gain of LoRA-α (rank rule) over the best other LoRA variant at the
+                               highest method rank − at the lowest (> 0: the gain grows with rank)
+  closest_to_full_<task>       claim 6: at the highest method rank, min over the other LoRA variants of
+                               |loss − loss full FT| − |loss LoRA-α − loss full FT| (> 0: LoRA-α is closest)
+  mlp_divergence_gap           claim 7: fraction of seeds where lr ×128 diverges − fraction where α ×256 diverges
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .lora_eval import LORA_STYLE, best_alpha, fit_alpha_law
+
+TASKS = ("domain", "reasoning")
+VANILLA = ("lora_2r", "lora_16")
+OTHER_VARIANTS = ("lora_2r", "lora_16", "rslora", "loraplus")
+METHOD_LABELS = {"lora_2r": "LoRA α=2r", "lora_16": "LoRA α=16", "rslora": "rsLoRA", "loraplus": "LoRA+",
+                 "lora_alpha_rank": "LoRA-α (rank rule)", "lora_alpha_layerwise": "LoRA-α (layer-wise, ours)",
+                 "full": "full fine-tuning"}
+
+
+def _read(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path) if path.is_file() else pd.DataFrame()
+
+
+def load_tables(results: Path) -> dict[str, pd.DataFrame]:
+    results = Path(results)
+    t = {}
+    for name in ("runs", "curves"):
+        t[f"sweep_{name}"] = pd.concat([_read(results / "sweep" / task / f"{name}.csv") for task in TASKS],
+                                       ignore_index=True)
+    for name in ("runs", "curves", "summary", "layerwise"):
+        t[f"methods_{name}"] = pd.concat([_read(results / "methods" / task / f"{name}.csv") for task in TASKS],
+                                         ignore_index=True)
+    for name in ("signal_drift", "curvature", "mlp"):
+        t[name] = _read(results / "mechanisms" / f"{name}.csv")
+    return t
+
+
+def _main_seed(runs: pd.DataFrame) -> pd.DataFrame:
+    """The sweep's grid runs (the noise-seed repeats excluded): the most common seed."""
+    return runs[runs.seed == runs.seed.mode().iloc[0]] if len(runs) else runs
+
+
+def alpha_fits(sweep_runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(α* per task, lr multiplier and rank; the fit α* = C·r^k per task and lr multiplier)."""
+    stars, fits = [], []
+    for task, runs in sweep_runs.groupby("task"):
+        runs = _main_seed(runs)
+        for lm in sorted(runs.lr_multiplier.unique()):
+            ba = best_alpha(runs, lm)
+            if ba.empty or ba["rank"].nunique() < 2:
+                continue
+            stars.append(ba.assign(task=task))
+            fit = fit_alpha_law(ba["rank"], ba["alpha_star"])
+            fits.append({"task": task, "lr_multiplier": lm, **fit, "ranks": int(len(ba)),
+                         "at_edge": int(ba.at_edge.sum())})
+    cat = (lambda xs: pd.concat(xs, ignore_index=True) if xs else pd.DataFrame())
+    return cat(stars), pd.DataFrame(fits)
+
+
+def axis_table(sweep_runs: pd.DataFrame) -> pd.DataFrame:
+    """Loss along the two axes from the base point, per task, rank and multiplier: ``alpha`` (α ×m at base_lr)
+    and ``lr`` (lr ×m at α = r); only ranks that ran both axes."""
+    runs = _main_seed(sweep_runs)
+    rows = []
+    for (task, r), g in runs.groupby(["task", "rank"]):
+        if g.lr_multiplier.nunique() < 2:
+            continue
+        for _, x in g[np.isclose(g.lr_multiplier, 1.0)].iterrows():
+            rows.append({"task": task, "rank": r, "axis": "alpha", "multiplier": x.alpha_multiplier,
+                         "val_loss": x.val_loss, "diverged": x.diverged})
+        for _, x in g[np.isclose(g.alpha_multiplier, 1.0)].iterrows():
+            rows.append({"task": task, "rank": r, "axis": "lr", "multiplier": x.lr_multiplier,
+                         "val_loss": x.val_loss, "diverged": x.diverged})
+    return pd.DataFrame(rows)
+
+
+def _finite(x: pd.Series) -> pd.Series:
+    return x.where(np.isfinite(x), np.inf)
+
+
+def alpha_vs_lr_gap(sweep_runs: pd.DataFrame, task: str) -> tuple[float, dict]:
+    axes = axis_table(sweep_runs)
+    axes = axes[axes.task == task] if len(axes) else axes
+    if axes.empty:
+        return math.nan, {}
+    common = sorted(set(axes[axes.axis == "alpha"].multiplier) & set(axes[axes.axis == "lr"].multiplier))
+    gaps, per_rank = [], {}
+    for r, g in axes.groupby("rank"):
+        g = g[g.multiplier.isin(common)]
+        best = {axis: float(_finite(g[g.axis == axis].val_loss).min()) for axis in ("alpha", "lr")}
+        gaps.append(best["lr"] - best["alpha"])
+        per_rank[int(r)] = {"best_alpha_axis": round(best["alpha"], 4), "best_lr_axis": round(best["lr"], 4)}
+    full_alpha = _finite(axes[axes.axis == "alpha"].val_loss).groupby(axes["rank"]).min().round(4).to_dict()
+    mean_axis = axes.pivot_table(index="multiplier", columns="axis", values="val_loss", aggfunc="mean").round(4)
+    return float(np.mean(gaps)), {"common_multipliers": common, "per_rank": per_rank,
+                                  "best_alpha_axis_all_multipliers": full_alpha,
+                                  "mean_loss_by_multiplier": mean_axis.to_dict()}
+
+
+def noise(sweep_runs: pd.DataFrame, task: str) -> dict:
+    """Seed-to-seed spread of the base point (α = r, base_lr): std of the validation loss over seeds, per rank."""
+    runs = sweep_runs[(sweep_runs.task == task) & np.isclose(sweep_runs.alpha_multiplier, 1.0)
+                      & np.isclose(sweep_runs.lr_multiplier, 1.0)]
+    if runs.seed.nunique() < 2:
+        return {}
+    std = runs.groupby("rank").val_loss.std()
+    return {"seed_std_by_rank": std.round(5).to_dict(), "seed_std_mean": round(float(std.mean()), 5),
+            "seeds": int(runs.seed.nunique())}
+
+
+def curvature_ratio(curv: pd.DataFrame) -> tuple[float, dict]:
+    if curv.empty:
+        return math.nan, {}
+    ok = curv[(curv.lambda_lora > 0) & (curv.lambda_full > 0)]
+    if ok.empty:
+        return math.nan, {"note": "no positive eigenvalue pair"}
+    logs = np.log10(ok.lambda_lora / ok.lambda_full)
+    return float(np.median(logs)), {
+        "ratio_by_rank_and_step": {f"r={r} step={s}": round(float(v), 5) for r, s, v in
+                                   zip(ok["rank"], ok.step, ok.lambda_lora / ok.lambda_full)},
+        "lambda_full": {f"r={r} step={s}": round(float(v), 4) for r, s, v in zip(ok["rank"], ok.step, ok.lambda_full)},
+        "unconverged": int((~curv.converged.astype(bool)).sum()), "measurements": int(len(curv))}
+
+
+def signal_drift_summary(sd: pd.DataFrame, skip_steps: int = 1) -> pd.DataFrame:
+    """Per axis and multiplier: mean signal, drift, ratio, alignment over layers and steps > skip_steps."""
+    if sd.empty:
+        return pd.DataFrame()
+    sd = sd[sd.step > skip_steps]
+    return sd.groupby(["axis", "multiplier"])[["signal", "drift", "ratio", "total_ratio", "alignment"]].mean().reset_index()
+
+
+def _slope(x, y) -> float:
+    x, y = np.log(np.asarray(x, float)), np.log(np.asarray(y, float))
+    ok = np.isfinite(x) & np.isfinite(y)
+    return float(np.polyfit(x[ok], y[ok], 1)[0]) if ok.sum() >= 2 else math.nan
+
+
+def drift_slope_gap(sd: pd.DataFrame, skip_steps: int = 1) -> tuple[float, dict]:
+    s = signal_drift_summary(sd, skip_steps)
+    if s.empty:
+        return math.nan, {}
+    slopes = {}
+    for axis in ("lr", "alpha"):
+        g = s[s.axis == axis]
+        slopes[axis] = {q: _slope(g.multiplier, g[q]) for q in ("ratio", "signal", "drift")}
+    ev = {"slope_ratio_vs_lr": round(slopes["lr"]["ratio"], 4), "slope_ratio_vs_alpha": round(slopes["alpha"]["ratio"], 4),
+          "slope_signal_vs_lr": round(slopes["lr"]["signal"], 4),
+          "slope_signal_vs_alpha": round(slopes["alpha"]["signal"], 4),
+          "mean_ratio": {f"{a}×{m:g}": round(float(v), 5) for a, m, v in zip(s.axis, s.multiplier, s.ratio)}}
+    return slopes["lr"]["ratio"] - slopes["alpha"]["ratio"], ev
+
+
+def exponent_metrics(stars: pd.DataFrame, fits: pd.DataFrame, task: str) -> tuple[dict, dict]:
+    values, evidence = {}, {}
+    f = fits[(fits.task == task) & np.isclose(fits.lr_multiplier, 1.0)] if len(fits) else fits
+    st = stars[(stars.task == task) & np.isclose(stars.lr_multiplier, 1.0)] if len(stars) else stars
+    if f.empty:
+        return {f"alpha_exponent_error_{task}": math.nan, f"alpha_star_over_2r_{task}": math.nan}, {}
+    fit = f.iloc[0]
+    censored = st.at_edge.sum() > len(st) / 2
+    values[f"alpha_exponent_error_{task}"] = math.nan if censored else abs(float(fit.exponent) - 0.5)
+    values[f"alpha_star_over_2r_{task}"] = float(np.median(np.log2(st.alpha_star / (2 * st["rank"]))))
+    ev = {"exponent": round(float(fit.exponent), 4), "C": round(float(fit.C), 3), "C_sqrt": round(float(fit.C_sqrt), 3),
+          "r2": round(float(fit.r2), 4), "alpha_star_by_rank": dict(zip(st["rank"].astype(int), st.alpha_star.round(3))),
+          "at_edge_by_rank": dict(zip(st["rank"].astype(int), st.at_edge.astype(bool))),
+          "exponent_at_other_lrs": {f"lr×{lm:g}": round(float(k), 3) for lm, k in
+                                    zip(fits[fits.task == task].lr_multiplier, fits[fits.task == task].exponent)}}
+    if censored:
+        ev["note"] = "more than half of the ranks have alpha* at the edge of the grid: the fit is censored"
+    evidence[f"alpha_exponent_error_{task}"] = evidence[f"alpha_star_over_2r_{task}"] = ev
+    return values, evidence
+
+
+def method_table(summary: pd.DataFrame, task: str) -> pd.DataFrame:
+    """report-half loss (and accuracy) of every method at its best setting: rows method, columns rank."""
+    s = summary[summary.task == task]
+    return s.pivot_table(index="method", columns="rank", values="report_loss").reindex(
+        [m for m in METHOD_LABELS if m in set(s.method)])
+
+
+def _loss(summary: pd.DataFrame, task: str, method: str, rank: int) -> float:
+    s = summary[(summary.task == task) & (summary.method == method) & (summary["rank"] == rank)]
+    v = float(s.report_loss.iloc[0]) if len(s) else math.nan
+    return v if math.isfinite(v) else math.inf
+
+
+def method_metrics(summary: pd.DataFrame, task: str) -> tuple[dict, dict]:
+    names = [f"rank_rule_gain_{task}", f"layerwise_gain_{task}", f"gain_rank_trend_{task}", f"closest_to_full_{task}"]
+    s = summary[summary.task == task] if len(summary) else summary
+    if s.empty:
+        return {n: math.nan for n in names}, {}
+    ranks = sorted(s[s.method != "full"]["rank"].unique())
+    L = {(m, r): _loss(s, task, m, r) for m in METHOD_LABELS for r in ranks}
+    vanilla = {r: min(L[(m, r)] for m in VANILLA) for r in ranks}
+    others = {r: min(L[(m, r)] for m in OTHER_VARIANTS) for r in ranks}
+    gain = {r: others[r] - L[("lora_alpha_rank", r)] for r in ranks}
+    values = {
+        f"rank_rule_gain_{task}": float(np.mean([vanilla[r] - L[("lora_alpha_rank", r)] for r in ranks])),
+        f"layerwise_gain_{task}": float(np.mean([vanilla[r] - L[("lora_alpha_layerwise", r)] for r in ranks])),
+        f"gain_rank_trend_{task}": gain[ranks[-1]] - gain[ranks[0]] if len(ranks) > 1 else math.nan,
+    }
+    top = ranks[-1]
+    full = L[("full", top)]
+    dist = {m: abs(L[(m, top)] - full) for m in OTHER_VARIANTS}
+    values[f"closest_to_full_{task}"] = min(dist.values()) - abs(L[("lora_alpha_rank", top)] - full)
+    table = {m: {int(r): round(L[(m, r)], 4) for r in ranks} for m in METHOD_LABELS}
+    ev = {"report_loss": table, "gain_over_best_other_by_rank": {int(r): round(g, 4) for r, g in gain.items()}}
+    if "accuracy" in s and s.accuracy.notna().any():
+        ev["accuracy"] = {m: {int(r): round(float(a), 3) for r, a in zip(g["rank"], g.accuracy)}
+                          for m, g in s.groupby("method")}
+    return values, {n: ev for n in names}
+
+
+def mlp_gap(mlp: pd.DataFrame) -> tuple[float, dict]:
+    if mlp.empty:
+        return math.nan, {}
+    scaled = mlp[mlp.multiplier > 1]
+    frac = scaled.groupby("kind").diverged.mean()
+    ev = {"diverged_fraction": frac.round(3).to_dict(), "seeds": int(mlp.seed.nunique()),
+          "final_loss": {f"{k}×{m:g} seed {s}": (round(float(v), 5) if math.isfinite(v) else "inf")
+                         for k, m, s, v in zip(mlp.kind, mlp.multiplier, mlp.seed, mlp.final_loss)}}
+    return float(frac.get("lr", math.nan) - frac.get("alpha", math.nan)), ev
+
+
+def claim_values(tables: dict[str, pd.DataFrame], skip_steps: int = 1) -> tuple[dict[str, float], dict[str, dict]]:
+    """Each metric of the module docstring and the numbers behind it (evidence for the ledger)."""
+    values, evidence = {}, {}
+    stars, fits = alpha_fits(tables["sweep_runs"])
+    for task in TASKS:
+        v, e = alpha_vs_lr_gap(tables["sweep_runs"], task)
+        values[f"alpha_vs_lr_gap_{task}"], evidence[f"alpha_vs_lr_gap_{task}"] = v, {**e, **noise(tables["sweep_runs"], task)}
+        v, e = exponent_metrics(stars, fits, task)
+        values.update(v), evidence.update(e)
+        v, e = method_metrics(tables["methods_summary"], task)
+        values.update(v), evidence.update(e)
+    values["log10_curvature_ratio"], evidence["log10_curvature_ratio"] = curvature_ratio(tables["curvature"])
+    values["drift_slope_gap"], evidence["drift_slope_gap"] = drift_slope_gap(tables["signal_drift"], skip_steps)
+    values["mlp_divergence_gap"], evidence["mlp_divergence_gap"] = mlp_gap(tables["mlp"])
+    return values, evidence
+
+
+def lora_style() -> tuple[str, ...]:
+    return LORA_STYLE
