@@ -114,3 +114,29 @@ def test_every_paper_writes_a_claims_ledger_with_computed_verdicts(repo):
             assert row["value"] is None or math.isfinite(row["value"])
         figures = list((repo / f"results/{paper}/figures").glob("*.png"))
         assert figures, f"{paper}: no figures"
+
+
+def test_xformer_runs_are_trained_at_matched_parameters(repo):
+    import numpy as np
+    import pandas as pd
+
+    from lmrepro.config import load_config
+
+    results = repo / "results/xformer"
+    runs = pd.read_csv(results / "runs.csv")
+    cfg = load_config(repo / "params.yaml", profile="smoke")
+    assert sorted(zip(runs.variant, runs["size"])) == sorted(cfg.xformer.runs())
+    assert np.isfinite(runs.val_loss).all() and (runs.val_loss < math.log(cfg.tokenizer.vocab_size)).all()
+    assert (runs.num_parameters_model == runs.parameters).all()
+    for name in ("entropy", "density", "participation", "utilization", "logit_lens"):
+        assert len(pd.read_csv(results / f"analysis/{name}.csv"))
+
+
+def test_lora_methods_and_sweeps_are_evaluated(repo):
+    import pandas as pd
+
+    results = repo / "results/lora_alpha"
+    summary = pd.read_csv(results / "methods" / "reasoning" / "summary.csv")
+    assert summary.accuracy.notna().any() and len(set(summary.method)) >= 6
+    executed = json.loads((results / "notebooks" / "02_sweep-domain.ipynb").read_text())
+    assert executed["metadata"]["papermill"]["parameters"] == {"profile": "smoke", "task": "domain"}

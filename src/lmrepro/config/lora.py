@@ -118,7 +118,7 @@ class TasksConfig:
 class LoraTrainConfig:
     """One fine-tuning run (every sweep point and method): AdamW, warmup + schedule, clipping."""
 
-    steps: int = bounded(min=1)
+    steps: dict[str, int] = field(metadata={"doc": "optimizer steps of one run, per task (domain, reasoning)"})
     batch_size: int = bounded(8, min=1)
     micro_batch_size: int | None = bounded(None, min=1, doc="gradient accumulation chunk (None: whole batch)")
     schedule: str = bounded("cosine", choices=("cosine", "wsd", "constant"))
@@ -126,10 +126,15 @@ class LoraTrainConfig:
     min_lr_ratio: float = bounded(0.1, min=0.0, max=1.0)
     weight_decay: float = bounded(0.0, min=0.0)
     grad_clip: float | None = bounded(1.0, min=0.0)
-    eval_every: int | None = bounded(None, min=1, doc="validation loss every k steps in the method runs")
+    eval_points: int | None = bounded(5, min=1, doc="learning-curve points of the method runs (validation loss "
+                                      "every steps/eval_points steps; None: final only)")
     precision: str = bounded("auto", choices=("auto", "fp32", "bf16"), doc="auto: bf16 autocast on CUDA")
 
     def check(self, path: str) -> None:
+        require(set(self.steps) == set(TASKS), f"{path}.steps", f"give the steps of each task {list(TASKS)}, "
+                f"got {sorted(self.steps)}")
+        for task, n in self.steps.items():
+            require(n >= 1, f"{path}.steps.{task}", f"{n} is below the minimum 1")
         require(self.micro_batch_size is None or self.batch_size % self.micro_batch_size == 0,
                 f"{path}.micro_batch_size", f"{self.micro_batch_size} must divide batch_size {self.batch_size}")
 
@@ -142,48 +147,56 @@ class SweepConfig:
     alpha_multipliers: list[float] = bounded(min=1e-3, doc="α = r·m, i.e. s = α/r = m")
     base_lr: float = bounded(min=1e-7, max=1.0, doc="the small, full-fine-tuning-style learning rate")
     lr_multipliers: list[float] = bounded(min=1e-3, doc="learning rates base_lr·m")
-    cross_ranks: list[int] | None = bounded(None, min=1, doc="ranks with the full α × lr cross product "
-                                            "(None: every rank); the others run the α axis at base_lr only")
-    noise_seeds: list[int] = bounded([], min=0, doc="extra seeds of the base point (α = r, base_lr) per "
-                                      "rank: the seed-to-seed spread behind the margins")
+    cross_ranks: list[int] | None = bounded(None, min=1, doc="ranks with the full α × lr cross product (None: "
+                                            "every rank); every rank runs both axes from the base point")
+    noise_seeds: list[int] = bounded([], min=0, doc="extra seeds of the point (α = r·noise_alpha_multiplier, "
+                                      "base_lr) at every rank: the seed-to-seed spread behind the margins")
+    noise_alpha_multiplier: float = bounded(1.0, min=1e-3, doc="α multiplier of the repeated point")
 
     def rank_grid(self) -> list[tuple[int, float, float]]:
-        """Every (rank, α multiplier, lr multiplier) of the sweep, in run order."""
+        """Every (rank, α multiplier, lr multiplier) of the sweep, in run order: at every rank the α axis at
+        base_lr and the lr axis at α = r; at ``cross_ranks`` every combination."""
         cross = set(self.ranks if self.cross_ranks is None else self.cross_ranks)
         grid = []
         for r in self.ranks:
-            lrs = self.lr_multipliers if r in cross else [1.0]
-            grid += [(r, a, m) for m in lrs for a in self.alpha_multipliers]
+            for m in self.lr_multipliers:
+                alphas = self.alpha_multipliers if (r in cross or m == 1.0) else [1.0]
+                grid += [(r, a, m) for a in alphas]
         return grid
 
     def check(self, path: str) -> None:
-        for key in ("ranks", "alpha_multipliers", "lr_multipliers"):
+        # Two ranks make a fit, three α values an interior optimum, two learning rates an axis.
+        for key, least in (("ranks", 2), ("alpha_multipliers", 3), ("lr_multipliers", 2)):
             values = getattr(self, key)
-            require(len(values) >= (3 if key != "lr_multipliers" else 2) and values == sorted(set(values)),
-                    f"{path}.{key}", f"must be strictly increasing with at least "
-                    f"{3 if key != 'lr_multipliers' else 2} values (a fit and an optimum need them), got {values}")
+            require(len(values) >= least and values == sorted(set(values)), f"{path}.{key}",
+                    f"must be strictly increasing with at least {least} values, got {values}")
         for key in ("alpha_multipliers", "lr_multipliers"):
             require(1.0 in getattr(self, key), f"{path}.{key}", "must contain 1 (the base point α = r, base_lr)")
+        require(self.noise_alpha_multiplier in self.alpha_multipliers, f"{path}.noise_alpha_multiplier",
+                f"{self.noise_alpha_multiplier} is not one of alpha_multipliers {self.alpha_multipliers}")
         require(self.base_lr * max(self.lr_multipliers) <= 1.0, f"{path}.lr_multipliers",
                 f"base_lr·{max(self.lr_multipliers)} exceeds a learning rate of 1")
         if self.cross_ranks is not None:
             extra = sorted(set(self.cross_ranks) - set(self.ranks))
             require(not extra, f"{path}.cross_ranks", f"{extra} are not in ranks {self.ranks}")
-            require(len(self.cross_ranks) >= 1, f"{path}.cross_ranks", "give at least one rank (or null: all)")
+
+
+#: Methods tuned over a learning-rate grid (the LoRA-α rules tune a multiplier of α at the sweep's base_lr).
+LR_TUNED = ("lora_2r", "lora_16", "rslora", "loraplus", "full")
 
 
 @dataclass(frozen=True, kw_only=True)
 class MethodsConfig:
-    """Every method at its best setting (claims 5, 6): equal tuning budget per method and rank.
+    """Every method at its best setting (claims 5, 6), each with its own small tuning grid.
 
-    LoRA, rsLoRA and LoRA+ tune the learning rate over ``lrs``; LoRA-α keeps the sweep's small base_lr and
-    tunes only a narrow multiplier of its α (``alpha_multipliers``); full fine-tuning tunes over ``full_lrs``.
+    LoRA, rsLoRA, LoRA+ and full fine-tuning tune the learning rate over ``lrs[method]`` (a grid centred where
+    the method works: s differs between them, LoRA+ moves B 16× faster); LoRA-α keeps the sweep's small
+    base_lr and tunes only a narrow multiplier of its α (``alpha_multipliers``), the paper's recipe.
     """
 
     names: list[str] = bounded(list(METHODS), choices=METHODS)
     ranks: list[int] = bounded(min=1)
-    lrs: list[float] = bounded(min=1e-7, max=1.0)
-    full_lrs: list[float] = bounded(min=1e-7, max=1.0)
+    lrs: dict[str, list[float]] = field(metadata={"doc": f"learning rates tried per method of {list(LR_TUNED)}"})
     alpha_multipliers: list[float] = bounded([0.5, 1.0, 2.0], min=1e-3, doc="LoRA-α: α·m around the proposal")
     fixed_alpha: float = bounded(16.0, min=1e-3, doc="the 'lora_16' baseline (s = 16/r)")
     rslora_alpha: float = bounded(16.0, min=1e-3, doc="rsLoRA α (s = α/√r)")
@@ -194,10 +207,19 @@ class MethodsConfig:
 
     def check(self, path: str) -> None:
         require(len(self.names) == len(set(self.names)), f"{path}.names", "list each method once")
-        for key in ("ranks", "lrs", "full_lrs", "alpha_multipliers"):
+        for key in ("ranks", "alpha_multipliers"):
             values = getattr(self, key)
             require(len(values) >= 1 and values == sorted(set(values)), f"{path}.{key}",
                     f"must be strictly increasing and non-empty, got {values}")
+        needed = [m for m in self.names if m in LR_TUNED]
+        missing = [m for m in needed if m not in self.lrs]
+        require(not missing, f"{path}.lrs", f"give the learning rates of {missing}")
+        extra = sorted(set(self.lrs) - set(LR_TUNED))
+        require(not extra, f"{path}.lrs.{extra[0] if extra else ''}",
+                f"is not a learning-rate-tuned method; choose from {list(LR_TUNED)}")
+        for method, values in self.lrs.items():
+            require(len(values) >= 1 and values == sorted(set(values)) and all(0 < v <= 1 for v in values),
+                    f"{path}.lrs.{method}", f"must be strictly increasing learning rates in (0, 1], got {values}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -270,6 +292,9 @@ class LoraAlphaConfig:
     hf_model: HFModelConfig | None = field(default=None, metadata={"doc": "paper: an HF causal LM instead of base"})
     target_modules: list[str] = bounded(list(DEFAULT_TARGETS), doc="linear layers PEFT adapts (its matching)")
     seed: int = bounded(0, min=0, doc="adapter init and data order of every run")
+    threads: int | None = bounded(1, min=1, doc="torch CPU threads (None: torch's default). One by default: "
+                                  "the laptop model's matrices are small, and two threads on a busy 2-core "
+                                  "machine run ~10x slower than one")
     tasks: TasksConfig = field(default_factory=TasksConfig)
     train: LoraTrainConfig
     sweep: SweepConfig

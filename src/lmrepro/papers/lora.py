@@ -42,6 +42,12 @@ def section(cfg: Config) -> LoraAlphaConfig:
     return cfg.lora_alpha
 
 
+def configure(cfg: Config) -> None:
+    """Process settings of a LoRA stage: torch CPU threads (``threads``)."""
+    if section(cfg).threads is not None:
+        torch.set_num_threads(section(cfg).threads)
+
+
 def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -317,7 +323,7 @@ def train_run(cfg: Config, base: torch.nn.Module, data: TaskData, spec: RunSpec,
     """
     la = section(cfg)
     tr = la.train
-    steps = steps or tr.steps
+    steps = steps or tr.steps[data.name]
     seed = la.seed if seed is None else seed
     model = model if model is not None else make_model(base, spec, la.target_modules, seed)
     amp = autocast_dtype(cfg)
@@ -354,6 +360,14 @@ def curve_rows(result: FinetuneResult, every: int = 1, **keys) -> list[dict[str,
             rows.append({**keys, "step": r["step"], "loss": r["loss"], "lr": r["lr"],
                          "eval_loss": r.get("eval_loss", math.nan)})
     return rows
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process so far (user + system; the stage's cost on an otherwise idle machine)."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return round(usage.ru_utime + usage.ru_stime, 1)
 
 
 class Timer:

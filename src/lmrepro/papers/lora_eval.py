@@ -35,13 +35,14 @@ def _log(msg: str) -> None:
 
 def sweep(cfg: Config, base: torch.nn.Module, data: TaskData) -> tuple[list[dict], list[dict]]:
     """α multiplier × lr multiplier at every rank (``sweep.rank_grid()``), plus ``noise_seeds`` repeats of the
-    base point. α = r·m_α (s = m_α), lr = base_lr·m_lr. Returns (runs, curves)."""
+    point (α = r·noise_alpha_multiplier, base_lr). α = r·m_α (s = m_α), lr = base_lr·m_lr. Returns (runs, curves)."""
     la = section(cfg)
     sw = la.sweep
     points = [(r, a, m, la.seed) for r, a, m in sw.rank_grid()]
-    points += [(r, 1.0, 1.0, seed) for r in sw.ranks for seed in sw.noise_seeds if seed != la.seed]
+    points += [(r, sw.noise_alpha_multiplier, 1.0, seed) for r in sw.ranks for seed in sw.noise_seeds
+               if seed != la.seed]
     runs, curves, clock = [], [], Timer()
-    every = max(1, la.train.steps // 50)
+    every = max(1, la.train.steps[data.name] // 50)
     for i, (r, am, lm, seed) in enumerate(points):
         choice = alpha_for("fixed", r, alpha=am * r)
         spec = RunSpec(lr=sw.base_lr * lm, choice=choice)
@@ -75,6 +76,8 @@ def best_alpha(runs: pd.DataFrame, lr_multiplier: float = 1.0, loss: str = "val_
         sel = sel[sel.seed == sel.seed.mode().iloc[0]] if sel.seed.nunique() > 1 else sel
     rows = []
     for r, g in sel.groupby("rank"):
+        if g.alpha.nunique() < 3:
+            continue  # only the lr axis ran at this learning rate: no α optimum to find
         g = g.sort_values("alpha")
         x = np.log(g.alpha.to_numpy(float))
         y = g[loss].to_numpy(float)
@@ -164,7 +167,7 @@ def method_trials(cfg: Config, method: str, r: int, C: float,
     la = section(cfg)
     me, base_lr = la.methods, la.sweep.base_lr
     if method == "full":
-        return [("lr", lr, RunSpec(lr, None)) for lr in me.full_lrs]
+        return [("lr", lr, RunSpec(lr, None)) for lr in me.lrs["full"]]
     if method == "lora_alpha_rank":
         return [("alpha_multiplier", m, RunSpec(base_lr, alpha_for("sqrt", r, C=C, multiplier=m)))
                 for m in me.alpha_multipliers]
@@ -174,7 +177,7 @@ def method_trials(cfg: Config, method: str, r: int, C: float,
               "rslora": lambda: alpha_for("rslora", r, alpha=me.rslora_alpha),
               "loraplus": lambda: alpha_for("2r", r)}[method]()
     ratio = me.loraplus_ratio if method == "loraplus" else None
-    return [("lr", lr, RunSpec(lr, choice, ratio)) for lr in me.lrs]
+    return [("lr", lr, RunSpec(lr, choice, ratio)) for lr in me.lrs[method]]
 
 
 def methods(cfg: Config, base: torch.nn.Module, data: TaskData, C: float, tokenizer=None
@@ -188,7 +191,8 @@ def methods(cfg: Config, base: torch.nn.Module, data: TaskData, C: float, tokeni
     me = la.methods
     runs, curves, layer_rows, clock = [], [], [], Timer()
     best_models: dict[tuple[str, int], Any] = {}
-    eval_every = la.train.eval_every
+    points = la.train.eval_points
+    eval_every = max(1, la.train.steps[data.name] // points) if points else None
     jobs = []
     for method in me.names:
         for r in ([0] if method == "full" else me.ranks):
@@ -210,7 +214,7 @@ def methods(cfg: Config, base: torch.nn.Module, data: TaskData, C: float, tokeni
                    "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
                    **run_summary(cfg, model, data, result)}
             runs.append(row)
-            curves += curve_rows(result, max(1, la.train.steps // 50), task=data.name, method=method, rank=r,
+            curves += curve_rows(result, max(1, la.train.steps[data.name] // 50), task=data.name, method=method, rank=r,
                                  knob_value=value)
             score = row["select_loss"] if math.isfinite(row["select_loss"]) else math.inf
             if best is None or score < best[0]:
@@ -218,10 +222,12 @@ def methods(cfg: Config, base: torch.nn.Module, data: TaskData, C: float, tokeni
                 best = (score, row, model if data.examples and tokenizer is not None else None)
             _log(f"[{clock():7.1f}s] {data.name} {method} r={r} {knob}={value:g}: select {row['select_loss']:.4f} "
                  f"report {row['report_loss']:.4f}")
+        knobs = [value for _, value, _ in trials]
+        best[1]["at_edge"] = len(knobs) > 1 and best[1]["knob_value"] in (knobs[0], knobs[-1])
         best_models[(method, r)] = best
     summary = []
     for (method, r), (_, row, model) in best_models.items():
-        out = {k: row[k] for k in ("task", "method", "rank", "knob", "knob_value", "lr", "alpha", "scaling",
+        out = {k: row[k] for k in ("task", "method", "rank", "knob", "knob_value", "at_edge", "lr", "alpha", "scaling",
                                    "trainable", "select_loss", "report_loss", "diverged")}
         out["accuracy"] = math.nan
         if model is not None and not row["diverged"]:

@@ -124,14 +124,18 @@ def alpha_vs_lr_gap(sweep_runs: pd.DataFrame, task: str) -> tuple[float, dict]:
 
 
 def noise(sweep_runs: pd.DataFrame, task: str) -> dict:
-    """Seed-to-seed spread of the base point (α = r, base_lr): std of the validation loss over seeds, per rank."""
-    runs = sweep_runs[(sweep_runs.task == task) & np.isclose(sweep_runs.alpha_multiplier, 1.0)
-                      & np.isclose(sweep_runs.lr_multiplier, 1.0)]
-    if runs.seed.nunique() < 2:
+    """Seed-to-seed spread of the sweep's repeated points (same α, lr and rank, other seeds): the std of the
+    validation loss over seeds, per rank, and its mean."""
+    runs = sweep_runs[sweep_runs.task == task] if len(sweep_runs) else sweep_runs
+    if runs.empty or runs.seed.nunique() < 2:
         return {}
-    std = runs.groupby("rank").val_loss.std()
-    return {"seed_std_by_rank": std.round(5).to_dict(), "seed_std_mean": round(float(std.mean()), 5),
-            "seeds": int(runs.seed.nunique())}
+    keys = ["rank", "alpha_multiplier", "lr_multiplier"]
+    repeated = runs.groupby(keys).filter(lambda g: g.seed.nunique() > 1)
+    if repeated.empty:
+        return {}
+    std = repeated.groupby(keys).val_loss.std()
+    return {"seed_std": {f"r={r} α×{a:g} lr×{m:g}": round(float(v), 5) for (r, a, m), v in std.items()},
+            "seed_std_mean": round(float(std.mean()), 5), "seeds": int(repeated.seed.nunique())}
 
 
 def curvature_ratio(curv: pd.DataFrame) -> tuple[float, dict]:
@@ -232,6 +236,9 @@ def method_metrics(summary: pd.DataFrame, task: str) -> tuple[dict, dict]:
     values[f"closest_to_full_{task}"] = min(dist.values()) - abs(L[("lora_alpha_rank", top)] - full)
     table = {m: {int(r): round(L[(m, r)], 4) for r in ranks} for m in METHOD_LABELS}
     ev = {"report_loss": table, "gain_over_best_other_by_rank": {int(r): round(g, 4) for r, g in gain.items()}}
+    if "at_edge" in s:
+        edge = s[s.at_edge.astype(bool)]
+        ev["best_setting_at_grid_edge"] = sorted({f"{m} r={r}" if m != "full" else m for m, r in zip(edge.method, edge["rank"])})
     if "accuracy" in s and s.accuracy.notna().any():
         ev["accuracy"] = {m: {int(r): round(float(a), 3) for r, a in zip(g["rank"], g.accuracy)}
                           for m, g in s.groupby("method")}
@@ -259,7 +266,8 @@ def claim_values(tables: dict[str, pd.DataFrame], skip_steps: int = 1) -> tuple[
         v, e = exponent_metrics(stars, fits, task)
         values.update(v), evidence.update(e)
         v, e = method_metrics(tables["methods_summary"], task)
-        values.update(v), evidence.update(e)
+        seed_noise = noise(tables["sweep_runs"], task)
+        values.update(v), evidence.update({k: {**ev, "sweep_seed_noise": seed_noise} for k, ev in e.items()})
     values["log10_curvature_ratio"], evidence["log10_curvature_ratio"] = curvature_ratio(tables["curvature"])
     values["drift_slope_gap"], evidence["drift_slope_gap"] = drift_slope_gap(tables["signal_drift"], skip_steps)
     values["mlp_divergence_gap"], evidence["mlp_divergence_gap"] = mlp_gap(tables["mlp"])

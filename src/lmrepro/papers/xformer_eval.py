@@ -27,6 +27,15 @@ from .xformer import accounting, run_dirs
 ANALYZED = ("baseline", "x")
 
 
+def device() -> torch.device:
+    """Where evaluations run: the GPU when there is one (paper profile), else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _load(paths: Paths, variant: str, size: str) -> torch.nn.Module:
+    return load_model(final_dir(paths, variant, size)).to(device()).eval()
+
+
 def final_dir(paths: Paths, variant: str, size: str) -> Path:
     folder = run_dirs(paths, variant, size)["out"] / "final"
     if not (folder / "spec.json").is_file():
@@ -49,7 +58,8 @@ def window_losses(model: torch.nn.Module, batches) -> np.ndarray:
     """Mean NLL (nats) of each validation window [b, T+1] of ``batches``: [N windows]. Their mean is the
     validation loss (all windows have T targets); paired per-window differences give its sampling error."""
     model.eval()
-    return np.concatenate([token_nll(model, b).double().mean(1).numpy() for b in batches])
+    dev = next(model.parameters()).device
+    return np.concatenate([token_nll(model, b.to(dev)).double().mean(1).cpu().numpy() for b in batches])
 
 
 def evaluate_runs(cfg: Config, paths: Paths) -> tuple[list[dict], list[dict]]:
@@ -61,7 +71,7 @@ def evaluate_runs(cfg: Config, paths: Paths) -> tuple[list[dict], list[dict]]:
     for variant, size in x.runs():
         folder = final_dir(paths, variant, size)
         meta = json.loads((folder / "spec.json").read_text())
-        model = load_model(folder)
+        model = _load(paths, variant, size)
         tokens = int(meta["tokens_seen"])
         per_window = window_losses(model, _val_batches(cfg, paths, x.eval_windows))
         acc = accounting(model.spec, x.seq_len, tokens)
@@ -97,7 +107,7 @@ def metrics(rows: list[dict]) -> dict[str, float]:
 
 def _analysis_input(cfg: Config, paths: Paths) -> torch.Tensor:
     """[N, seq_len + 1] validation windows (N = analysis.windows), the same for both models."""
-    return torch.cat(list(_val_batches(cfg, paths, cfg.xformer.analysis.windows)))
+    return torch.cat(list(_val_batches(cfg, paths, cfg.xformer.analysis.windows))).to(device())
 
 
 def entropy_rows(cfg: Config, paths: Paths) -> list[dict]:
@@ -107,7 +117,7 @@ def entropy_rows(cfg: Config, paths: Paths) -> list[dict]:
     rows = []
     for variant in ANALYZED:
         for size in cfg.xformer.sizes:
-            model = load_model(final_dir(paths, variant, size)).eval()
+            model = _load(paths, variant, size)
             widths = (model.spec.hidden_size,) + block_widths(model.spec)
             for stage, value in enumerate(residual_entropy_by_layer(model, batch)):
                 rows.append({"variant": variant, "size": size, "stage": stage, "width": widths[stage],
@@ -122,7 +132,7 @@ def mlp_rows(cfg: Config, paths: Paths, size: str) -> dict[str, list[dict]]:
     batch = _analysis_input(cfg, paths)[:, :-1]
     density, pr, util = [], [], []
     for variant in ANALYZED:
-        model = load_model(final_dir(paths, variant, size)).eval()
+        model = _load(paths, variant, size)
         acts = mlp_activations(model, batch)
         dens = activation_density(acts, a.thresholds)
         for layer, row in enumerate(dens):
@@ -144,7 +154,7 @@ def logit_lens_rows(cfg: Config, paths: Paths, size: str) -> list[dict]:
     windows = _analysis_input(cfg, paths)
     rows = []
     for variant in ANALYZED:
-        model = load_model(final_dir(paths, variant, size)).eval()
+        model = _load(paths, variant, size)
         lens = logit_lens(model, windows[:, :-1], windows[:, 1:])
         for stage in range(len(lens["logprob"])):
             # kl_from_previous at stage s ≥ 1: KL(p_s ‖ p_{s−1}), what block s changes in the prediction.
