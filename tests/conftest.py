@@ -75,3 +75,15 @@ def make_spec():
 def make_train_config():
     """Factory fixture: ``make_train_config(**overrides)`` → small, checked ``TrainConfig``."""
     return tiny_train_config
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny matmuls: one intra-op thread is many times faster than two on a shared 2-core machine.
+    Modules opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
