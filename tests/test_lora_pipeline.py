@@ -264,6 +264,7 @@ def test_claim_values_on_hand_made_tables():
     assert values["closest_to_full_domain"] == pytest.approx(0.06)
     assert values["mlp_divergence_gap"] == pytest.approx(1.0)
     assert evidence["alpha_vs_lr_gap_domain"]["seeds"] == 2
+    json.dumps(evidence, allow_nan=False)  # strict JSON: no NaN / Infinity in the ledger
 
 
 def test_censored_fit_is_inconclusive_and_verdicts_follow_the_criteria():

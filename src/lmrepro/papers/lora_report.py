@@ -271,7 +271,23 @@ def claim_values(tables: dict[str, pd.DataFrame], skip_steps: int = 1) -> tuple[
     values["log10_curvature_ratio"], evidence["log10_curvature_ratio"] = curvature_ratio(tables["curvature"])
     values["drift_slope_gap"], evidence["drift_slope_gap"] = drift_slope_gap(tables["signal_drift"], skip_steps)
     values["mlp_divergence_gap"], evidence["mlp_divergence_gap"] = mlp_gap(tables["mlp"])
-    return values, evidence
+    return values, {k: _finite_json(v) for k, v in evidence.items()}
+
+
+def _finite_json(obj):
+    """Evidence as strict JSON: non-finite numbers become None (json.dumps would write NaN / Infinity), numpy
+    scalars plain numbers, mapping keys strings."""
+    if isinstance(obj, dict):
+        return {str(k): _finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_json(v) for v in obj]
+    if isinstance(obj, (np.bool_, bool)):
+        return bool(obj)
+    if isinstance(obj, (np.integer, int)):
+        return int(obj)
+    if isinstance(obj, (np.floating, float)):
+        return float(obj) if math.isfinite(obj) else None
+    return obj
 
 
 def lora_style() -> tuple[str, ...]:

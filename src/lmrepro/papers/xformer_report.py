@@ -11,7 +11,8 @@ Metrics (named in params.yaml's claims; all from our own numbers; "the ablation 
   zero_minus_carry           val loss zero padding − carry-forward (the X run) at the ablation size
   learned_minus_zero         val loss learned projection − zero padding at the ablation size
   x_minus_best_shape         val loss X − min(diamond, increasing, decreasing) at the ablation size
-  baseline_valley_depth      depth of the baseline's mid-depth residual-entropy valley (largest size)
+  baseline_valley_depth      depth of the baseline's mid-depth residual-entropy valley over the block outputs
+                             (``valley_depth``, largest size)
   valley_depth_gap           baseline valley depth − X valley depth (largest size)
 
 Evidence for the loss metrics includes the paired standard error of each difference over validation windows
@@ -47,14 +48,16 @@ def load_tables(results: Path) -> dict[str, pd.DataFrame]:
 
 
 def valley_depth(entropy: Sequence[float]) -> float:
-    """Depth of a mid-depth valley of a per-stage profile H_0..H_L (0 = embedding, ℓ = after block ℓ).
+    """Depth of a mid-depth valley of a per-layer profile H_1..H_L (the residual stream after each block).
 
-    m = the interior stage (1..L−1) with the lowest value; depth = min(max H before m, max H after m) − H_m,
+    m = the interior layer (2..L−1) with the lowest value; depth = min(max H before m, max H after m) − H_m,
     clamped at 0: how far the interior minimum lies below the lower of the highest points on its two sides.
-    0 for a monotone profile (no valley). Our definition: the paper body does not give one."""
+    0 for a monotone profile (no valley). Our definition: the paper body does not give one. The embedding
+    (stage 0) is left out by the caller: no block produces it, and in our small, briefly trained models its
+    entropy is far above every block's, which turned the drop after the embedding into a "valley" at layer 1."""
     h = np.asarray(entropy, dtype=np.float64)
     if h.ndim != 1 or h.size < 3 or not np.all(np.isfinite(h)):
-        raise ValueError(f"entropy: expected >= 3 finite per-stage values, got {list(entropy)!r}")
+        raise ValueError(f"entropy: expected >= 3 finite per-layer values, got {list(entropy)!r}")
     m = 1 + int(np.argmin(h[1:-1]))
     return float(max(0.0, min(h[:m].max(), h[m + 1:].max()) - h[m]))
 
@@ -163,7 +166,7 @@ def claim_values(tables: dict[str, pd.DataFrame]) -> tuple[dict[str, float], dic
     ent = tables["entropy"]
     depths = {}
     if len(ent):
-        for (variant, size), group in ent.groupby(["variant", "size"]):
+        for (variant, size), group in ent[ent.stage >= 1].groupby(["variant", "size"]):
             depths[(variant, size)] = valley_depth(group.sort_values("stage")["entropy"].to_numpy())
     db, dx = depths.get(("baseline", big), math.nan), depths.get(("x", big), math.nan)
     values["baseline_valley_depth"] = db
