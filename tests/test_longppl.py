@@ -22,13 +22,7 @@ from lmrepro.models.hybrid import layers_from_pattern
 VOCAB = 53
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny forwards are ~15x slower with 2 threads on a busy 2-core machine; restore afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny matmuls: see conftest.one_thread
 
 
 def make_model(pattern=("full", "full"), seed=0) -> DecoderLM:

@@ -31,13 +31,7 @@ from lmrepro.models.generate import greedy_generate
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny forwards are much slower with 2 threads on a busy 2-core machine; restore afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny matmuls: see conftest.one_thread
 
 
 @pytest.fixture(scope="module")
