@@ -122,6 +122,17 @@ def test_restriction_with_a_huge_window_changes_nothing():
         torch.testing.assert_close(model(x), base, rtol=1e-9, atol=1e-9)
 
 
+def test_restriction_never_widens_a_sliding_window():
+    """A window layer already within the limit keeps its own field: no sink tokens are added to it."""
+    model = make(["swa-4"])
+    x = torch.randint(0, 61, (2, 20))
+    base = model(x)
+    with restrict_receptive_field(model, "efficient", window=8, sinks=2):
+        torch.testing.assert_close(model(x), base, rtol=1e-9, atol=1e-9)
+    with restrict_receptive_field(model, "efficient", window=2, sinks=2):
+        assert not torch.allclose(model(x), base)
+
+
 def test_restricted_lightning_matches_the_op_when_unrestricted_and_masks_otherwise():
     torch.manual_seed(1)
     q, k, v = (torch.randn(2, 15, 3, 8, dtype=torch.float64) for _ in range(3))

@@ -113,7 +113,11 @@ def _tables() -> dict[str, pd.DataFrame]:
         {"arch": "swa-small", "feature": "residual", "layer": -1, "accuracy": 0.125, "full_attention": False},
         {"arch": "swa-small", "feature": "residual", "layer": 0, "accuracy": 0.125, "full_attention": False},
         {"arch": "swa-small", "feature": "residual", "layer": 1, "accuracy": 0.625, "full_attention": True},
-    ])
+        # At chance everywhere (bar = 0.125 + 2·sqrt(0.125·0.875/100) = 0.191): excluded from the metric.
+        {"arch": "swa-large", "feature": "residual", "layer": -1, "accuracy": 0.125, "full_attention": False},
+        {"arch": "swa-large", "feature": "residual", "layer": 0, "accuracy": 0.18, "full_attention": False},
+        {"arch": "swa-large", "feature": "residual", "layer": 1, "accuracy": 0.05, "full_attention": True},
+    ]).assign(chance=0.125, n_test=100)
     trace = pd.DataFrame([
         {"arch": a, "tokens": t, "wq_relative": v, "wk_relative": v, "mass": 0.1, "entropy": 0.5}
         for a, vals in (("swa-small", (0.2, 0.0)), ("swa-large", (0.5, 0.0))) for t, v in zip((100, 400), vals)
@@ -142,6 +146,15 @@ def test_missing_measurements_give_nan_not_a_verdict():
     tables["trace"] = pd.DataFrame()
     values, _ = hybrid_report.claim_values(tables)
     assert math.isnan(values["restriction_gap"]) and math.isnan(values["qk_distance_gap"])
+
+
+def test_probe_metric_is_nan_when_no_hybrid_finds_the_needle_above_chance():
+    tables = _tables()
+    tables["probes"] = tables["probes"][tables["probes"].arch == "swa-large"]
+    values, evidence = hybrid_report.claim_values(tables)
+    assert math.isnan(values["probe_gain_gap"])
+    assert evidence["probe_gain_gap"]["informative_hybrids"] == []
+    assert evidence["probe_gain_gap"]["above_chance_bar"]["swa-large"] == pytest.approx(0.191, abs=1e-3)
 
 
 def test_scaling_fits_recover_a_known_law_per_architecture():

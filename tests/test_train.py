@@ -17,6 +17,7 @@ from accelerate.utils import set_seed
 
 from lmrepro.data import ChunkSampler, ShardedTokens
 from lmrepro.models import DecoderLM
+from lmrepro.ops.dispatch import reset_backends_used
 from lmrepro.train import Trainer, build_optimizer, load_model, save_model
 from lmrepro.train import checkpoint as ckpt
 
@@ -114,10 +115,17 @@ def test_resume_is_bit_identical(reference, spec, cfg, token_dirs, tmp_path, sto
     assert step_names(fp_dir) == [f"step-{s:07d}" for s in saves[-2:]]
     assert not list(fp_dir.glob("*.tmp"))
 
-    # Running a finished run again trains nothing and republishes the same weights.
-    again = trainer(spec, cfg, token_dirs, tmp_path).fit()
+    # Running a finished run again trains nothing and republishes the same weights; its provenance still
+    # names the op backends of the steps run earlier (the checkpoint carries them, not this process).
+    reset_backends_used()
+    again = trainer(spec, cfg, token_dirs, tmp_path, provenance_path=tmp_path / "prov.json").fit()
+    assert json.loads((tmp_path / "prov.json").read_text())["op_backends"] == {"attention": "sdpa"}
     assert again.resumed_from_step == cfg.max_steps and without_time(again.rows) == without_time(ref.rows)
     assert_identical(ref_out / "final", tmp_path / "out" / "final")
+    # Its log has the reference's columns in the reference's order (rows come back from JSON state).
+    header = (tmp_path / "out" / "log.csv").read_text().splitlines()[0]
+    assert header == (ref_out / "log.csv").read_text().splitlines()[0]
+    assert header.startswith("step,tokens,loss,lr,grad_norm,elapsed_s")
 
 
 def test_resume_from_an_older_checkpoint_after_a_crash(reference, spec, cfg, token_dirs, tmp_path):

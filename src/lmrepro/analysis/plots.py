@@ -19,3 +19,12 @@ def save(fig, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, metadata={"Software": None}, bbox_inches="tight")
     return path
+
+
+def log_ticks(ax, values, axis: str = "x") -> None:
+    """Label a log axis at exactly ``values`` with plain numbers (1, 16, 256 rather than 10^0 · 1.6·10^1)."""
+    values = sorted({float(v) for v in values})
+    set_ticks, set_labels = (ax.set_xticks, ax.set_xticklabels) if axis == "x" else (ax.set_yticks, ax.set_yticklabels)
+    getattr(ax, f"{axis}axis").set_minor_locator(plt.NullLocator())
+    set_ticks(values)
+    set_labels([f"{v:g}" for v in values])

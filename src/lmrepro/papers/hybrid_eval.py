@@ -126,13 +126,15 @@ def probe_sweep(cfg: Config, paths: Paths, arch: str) -> list[dict]:
     model = load_model(checkpoints(paths, arch, largest_size(cfg))[-1][1])
     feats = layer_features(model, [torch.tensor(s.prompt_ids) for s in samples])
     full = [i for i, block in enumerate(model.layers) if block.layer.is_full_attention]
+    n_test = int(np.ceil(p.test_fraction * len(labels)))  # the size stratified_split gives the test part
     rows = []
     for kind in ("residual", "delta"):
         accs = layerwise_probe(feats[kind], labels, C=p.C, test_size=p.test_fraction)
         for i, acc in enumerate(accs):
             layer = i if kind == "delta" else i - 1  # residual[0] is the embedding (layer −1)
             rows.append({"arch": arch, "feature": kind, "layer": layer, "accuracy": acc,
-                         "full_attention": layer in full, "chance": 1 / p.candidates})
+                         "full_attention": layer in full, "chance": 1 / p.candidates,
+                         "n_test": n_test})
     return rows
 
 

@@ -7,7 +7,8 @@ Metrics (named in params.yaml's claims; all from our own numbers, at the largest
   restriction_gap        mean Δln LongPPL when restricting the full-attention layers − when restricting
                          the efficient layers (over the restricted architectures and windows)
   probe_gain_gap         mean probe-accuracy gain (residual, layer ℓ vs ℓ−1) at full-attention layers −
-                         at efficient layers, over the hybrids
+                         at efficient layers, over the hybrids whose best layer finds the needle above
+                         chance (by more than 2 binomial standard errors); NaN when none does
   qk_distance_gap        mean relative W_q/W_k distance from the final weights of the traced heads at the
                          middle snapshot: swa-large − swa-small (larger = slower Q/K convergence)
   nope_ruler_gain        mean RULER accuracy swa-small-nope − swa-small (all tasks and lengths)
@@ -112,14 +113,24 @@ def claim_values(tables: dict[str, pd.DataFrame]) -> tuple[dict[str, float], dic
 def _probe_gap(probes: pd.DataFrame) -> tuple[float, dict]:
     if not len(probes):
         return math.nan, {}
-    res = probes[(probes.feature == "residual") & (probes.arch != "full")].sort_values(["arch", "layer"])
+    residual = probes[probes.feature == "residual"]
+    best = residual.groupby("arch")["accuracy"].max()
+    # Gains between layers are noise unless some layer holds the needle: an accuracy above chance by
+    # 2 standard errors of a binomial proportion on the n_test held-out prompts.
+    se = np.sqrt(residual.chance * (1 - residual.chance) / residual.n_test)
+    bar = (residual.chance + 2 * se).groupby(residual.arch).max()
+    informative = sorted(a for a in best.index if a != "full" and best[a] > bar[a])
+    evidence = {"best_layer_accuracy": best.round(3).to_dict(), "above_chance_bar": bar.round(3).to_dict(),
+                "informative_hybrids": informative}
+    res = residual[residual.arch.isin(informative)].sort_values(["arch", "layer"])
     res = res.assign(gain=res.groupby("arch")["accuracy"].diff())
     res = res[res.layer >= 0].dropna(subset=["gain"])
+    if not len(res):
+        return math.nan, evidence
     full_gain, eff_gain = res[res.full_attention]["gain"].mean(), res[~res.full_attention]["gain"].mean()
-    best = probes[probes.feature == "residual"].groupby("arch")["accuracy"].max().round(3).to_dict()
-    return float(full_gain - eff_gain), {"mean_gain_full_layers": round(float(full_gain), 4),
-                                         "mean_gain_efficient_layers": round(float(eff_gain), 4),
-                                         "best_layer_accuracy": best}
+    evidence.update(mean_gain_full_layers=round(float(full_gain), 4),
+                    mean_gain_efficient_layers=round(float(eff_gain), 4))
+    return float(full_gain - eff_gain), evidence
 
 
 def _qk_gap(trace: pd.DataFrame) -> tuple[float, dict]:

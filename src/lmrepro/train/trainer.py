@@ -123,6 +123,8 @@ class Trainer:
         state = self._resume(model, optimizer, scheduler)
         start = state["step"] if state else 0
         rows: list[dict[str, Any]] = state["rows"] if state else []
+        # Backends of the steps run before an interruption, so a resumed run's provenance still names them.
+        self._earlier_backends: dict[str, str] = state.get("op_backends", {}) if state else {}
         model, optimizer = acc.prepare(model, optimizer)  # the scheduler is stepped by us, once per step
         total = cfg.max_steps
         stop = total if until_step is None else min(total, until_step)
@@ -194,11 +196,14 @@ class Trainer:
     # -- persistence ---------------------------------------------------------------------------
     def _save_checkpoint(self, model, optimizer, scheduler, step, rows) -> None:
         if self.accelerator.is_main_process:
-            state = {"step": step, "rows": rows, "fingerprint": self.fingerprint}
+            state = {"step": step, "rows": rows, "fingerprint": self.fingerprint, "op_backends": self._backends()}
             ckpt.save_checkpoint(self.ckpt_dir / f"{ckpt.STEP_PREFIX}{step:07d}",
                                  self.accelerator.unwrap_model(model), optimizer, scheduler, state)
             ckpt.prune_checkpoints(self.ckpt_dir, self.cfg.keep_checkpoints)
         self.accelerator.wait_for_everyone()
+
+    def _backends(self) -> dict[str, str]:
+        return {**self._earlier_backends, **provenance.op_backends()}
 
     def _save_budget(self, model, budget: int, tokens: int) -> None:
         # Snapshots live beside the resumable checkpoints (a persistent folder) so a resumed run still
@@ -221,20 +226,25 @@ class Trainer:
         if self.provenance_path:
             provenance.write(self.provenance_path, provenance.collect(
                 self.run_config, seed=self.cfg.seed, checkpoint_fingerprint=self.fingerprint,
-                resumed_from_step=start or None, processes=self.accelerator.num_processes,
+                resumed_from_step=start or None, processes=self.accelerator.num_processes, op_backends=self._backends(),
                 parameters=self.accelerator.unwrap_model(model).num_parameters(),
                 train_tokens=self.train_tokens.num_tokens))
 
 
+ROW_COLUMNS = ("step", "tokens", "loss", "lr", "grad_norm", "elapsed_s")
+
+
 def write_rows(path: str | Path, rows: list[dict[str, Any]]) -> Path:
-    """Per-step metrics as CSV (a DVC plot); columns are the union of the rows' keys."""
+    """Per-step metrics as CSV (a DVC plot): the :data:`ROW_COLUMNS` first, then any other keys in order of
+    appearance. A fixed order keeps the file identical when a resumed run restores rows from its JSON state."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    columns: list[str] = []
+    present = {k for row in rows for k in row}
+    columns = [k for k in ROW_COLUMNS if k in present]
     for row in rows:
         columns += [k for k in row if k not in columns]
     with path.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=columns)
+        writer = csv.DictWriter(fh, fieldnames=columns, lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
     return path

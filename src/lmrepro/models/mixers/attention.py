@@ -14,7 +14,8 @@ class AttentionMixer(nn.Module):
     """x [B, T, hidden] → [B, T, hidden]; causal, sliding window per ``LayerSpec.window``.
 
     ``restriction = (window, sinks)`` (set by :mod:`lmrepro.models.receptive`) narrows the receptive
-    field at inference to the last ``window`` tokens plus the first ``sinks`` tokens.
+    field at inference to the last ``window`` tokens plus the first ``sinks`` tokens; a layer whose own
+    sliding window is already ≤ ``window`` is left unchanged.
     """
 
     def __init__(self, spec, layer, layer_idx: int):
@@ -42,8 +43,8 @@ class AttentionMixer(nn.Module):
                 k, v = torch.cat([cache.k, k], dim=1), torch.cat([cache.v, v], dim=1)
             cache.k, cache.v = k, v
         window, sinks = self.window, 0
-        if self.restriction is not None:
-            limit, sinks = self.restriction
-            window = limit if window is None else min(window, limit)
+        if self.restriction is not None and (window is None or window > self.restriction[0]):
+            # Only narrow: a sliding window already within the limit keeps its own field (gains no sinks).
+            window, sinks = self.restriction
         o = attention(q, k, v, window=window, sinks=sinks)
         return self.o_proj(o.reshape(b, t, -1))
