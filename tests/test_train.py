@@ -95,6 +95,7 @@ def test_reference_run_outputs(reference, cfg):
 @pytest.mark.parametrize("stop", [5, 7, 11])  # 5: a save step; 7 and 11: saved because the run stops there
 def test_resume_is_bit_identical(reference, spec, cfg, token_dirs, tmp_path, stop):
     ref, ref_out = reference
+    reset_backends_used()  # the registry is per process; other test files may have filled it
     t = trainer(spec, cfg, token_dirs, tmp_path)
     first = t.fit(until_step=stop)
     assert not first.completed and first.step == stop
