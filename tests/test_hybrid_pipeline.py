@@ -113,7 +113,7 @@ def _tables() -> dict[str, pd.DataFrame]:
         {"arch": "swa-small", "feature": "residual", "layer": -1, "accuracy": 0.125, "full_attention": False},
         {"arch": "swa-small", "feature": "residual", "layer": 0, "accuracy": 0.125, "full_attention": False},
         {"arch": "swa-small", "feature": "residual", "layer": 1, "accuracy": 0.625, "full_attention": True},
-        # At chance everywhere (bar = 0.125 + 2·sqrt(0.125·0.875/100) = 0.191): excluded from the metric.
+        # Never above chance (bar: 19 of 100 = the 97.5% quantile of Binomial(100, 1/8), 2 layers): excluded.
         {"arch": "swa-large", "feature": "residual", "layer": -1, "accuracy": 0.125, "full_attention": False},
         {"arch": "swa-large", "feature": "residual", "layer": 0, "accuracy": 0.18, "full_attention": False},
         {"arch": "swa-large", "feature": "residual", "layer": 1, "accuracy": 0.05, "full_attention": True},
@@ -154,7 +154,14 @@ def test_probe_metric_is_nan_when_no_hybrid_finds_the_needle_above_chance():
     values, evidence = hybrid_report.claim_values(tables)
     assert math.isnan(values["probe_gain_gap"])
     assert evidence["probe_gain_gap"]["informative_hybrids"] == []
-    assert evidence["probe_gain_gap"]["above_chance_bar"]["swa-large"] == pytest.approx(0.191, abs=1e-3)
+    assert evidence["probe_gain_gap"]["above_chance_bar"]["swa-large"] == pytest.approx(0.19)
+
+
+def test_probe_metric_asks_to_rerun_the_evaluation_for_tables_without_n_test():
+    tables = _tables()
+    tables["probes"] = tables["probes"].drop(columns="n_test")
+    with pytest.raises(ValueError, match="re-run hybrid-evaluate"):
+        hybrid_report.claim_values(tables)
 
 
 def test_scaling_fits_recover_a_known_law_per_architecture():

@@ -54,7 +54,10 @@ MAP_CASES = {
     "nope": (["swa-2", "full-nope"], 4, 4, None),
     "gqa": (["full", "swa-5"], 4, 2, None),
     "mqa-nope-window": (["swa-4-nope", "full"], 4, 1, None),
-    "restricted": (["full", "full"], 4, 2, (3, 2)),
+    "restricted": (["full", "full"], 4, 2, ("full", 3, 2)),
+    # An SWA layer wider than the limit is narrowed to it plus sinks; one within the limit is kept as it is.
+    "restricted-swa-narrowed": (["swa-3", "full"], 4, 2, ("efficient", 2, 2)),
+    "restricted-swa-kept": (["swa-3", "full"], 4, 2, ("efficient", 8, 2)),
 }
 
 
@@ -72,7 +75,7 @@ def test_probs_times_v_is_the_mixer_output_before_o_proj(name, t):
             model(ids)
             probs, states = attention_probs(model, ids), model.hidden_states(ids)
         else:
-            with restrict_receptive_field(model, "full", *restriction):
+            with restrict_receptive_field(model, *restriction) as chosen:
                 model(ids)
                 probs, states = attention_probs(model, ids), model.hidden_states(ids)
     finally:
@@ -88,8 +91,10 @@ def test_probs_times_v_is_the_mixer_output_before_o_proj(name, t):
         torch.testing.assert_close(p.sum(-1), torch.ones(2, heads, t, dtype=p.dtype))
         window = model.layers[i].layer.window
         mask = visible(t, window)
-        if restriction is not None:  # last 3 tokens plus the 2 sink tokens
-            mask = mask & ((np.arange(t)[:, None] - np.arange(t)[None, :] < 3) | (np.arange(t)[None, :] < 2))
+        if restriction is not None and i in chosen and (window is None or window > restriction[1]):
+            _, limit, sinks = restriction  # causal, last `limit` tokens plus the first `sinks`
+            dist = np.arange(t)[:, None] - np.arange(t)[None, :]
+            mask = (dist >= 0) & ((dist < limit) | (np.arange(t)[None, :] < sinks))
         assert torch.all(p[..., torch.from_numpy(~mask)] == 0)
         assert torch.all(p[..., torch.from_numpy(mask)] > 0)
 

@@ -17,7 +17,7 @@ from accelerate.utils import set_seed
 
 from lmrepro.data import ChunkSampler, ShardedTokens
 from lmrepro.models import DecoderLM
-from lmrepro.ops.dispatch import reset_backends_used
+from lmrepro.ops.dispatch import force_backend
 from lmrepro.train import Trainer, build_optimizer, load_model, save_model
 from lmrepro.train import checkpoint as ckpt
 
@@ -95,7 +95,6 @@ def test_reference_run_outputs(reference, cfg):
 @pytest.mark.parametrize("stop", [5, 7, 11])  # 5: a save step; 7 and 11: saved because the run stops there
 def test_resume_is_bit_identical(reference, spec, cfg, token_dirs, tmp_path, stop):
     ref, ref_out = reference
-    reset_backends_used()  # the registry is per process; other test files may have filled it
     t = trainer(spec, cfg, token_dirs, tmp_path)
     first = t.fit(until_step=stop)
     assert not first.completed and first.step == stop
@@ -118,7 +117,6 @@ def test_resume_is_bit_identical(reference, spec, cfg, token_dirs, tmp_path, sto
 
     # Running a finished run again trains nothing and republishes the same weights; its provenance still
     # names the op backends of the steps run earlier (the checkpoint carries them, not this process).
-    reset_backends_used()
     again = trainer(spec, cfg, token_dirs, tmp_path, provenance_path=tmp_path / "prov.json").fit()
     assert json.loads((tmp_path / "prov.json").read_text())["op_backends"] == {"attention": "sdpa"}
     assert again.resumed_from_step == cfg.max_steps and without_time(again.rows) == without_time(ref.rows)
@@ -127,6 +125,13 @@ def test_resume_is_bit_identical(reference, spec, cfg, token_dirs, tmp_path, sto
     header = (tmp_path / "out" / "log.csv").read_text().splitlines()[0]
     assert header == (ref_out / "log.csv").read_text().splitlines()[0]
     assert header.startswith("step,tokens,loss,lr,grad_norm,elapsed_s")
+
+
+def test_provenance_of_a_resumed_run_names_the_backends_of_both_parts(spec, cfg, token_dirs, tmp_path):
+    with force_backend({"attention": "naive"}):
+        trainer(spec, cfg, token_dirs, tmp_path).fit(until_step=5)
+    trainer(spec, cfg, token_dirs, tmp_path, provenance_path=tmp_path / "prov.json").fit()
+    assert json.loads((tmp_path / "prov.json").read_text())["op_backends"] == {"attention": "naive,sdpa"}
 
 
 def test_resume_from_an_older_checkpoint_after_a_crash(reference, spec, cfg, token_dirs, tmp_path):

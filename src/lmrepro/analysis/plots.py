@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -23,7 +24,7 @@ def save(fig, path: str | Path) -> Path:
 
 def log_ticks(ax, values, axis: str = "x") -> None:
     """Label a log axis at exactly ``values`` with plain numbers (1, 16, 256 rather than 10^0 · 1.6·10^1)."""
-    values = sorted({float(v) for v in values})
+    values = sorted({float(v) for v in values if math.isfinite(float(v)) and float(v) > 0})  # log axis: > 0
     set_ticks, set_labels = (ax.set_xticks, ax.set_xticklabels) if axis == "x" else (ax.set_yticks, ax.set_yticklabels)
     getattr(ax, f"{axis}axis").set_minor_locator(plt.NullLocator())
     set_ticks(values)

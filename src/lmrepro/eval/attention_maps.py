@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 import torch
 
+from ..models.mixers.attention import effective_window
 from ..ops import attention_mask
 
 __all__ = ["attention_layers", "attention_probs", "layer_qkv", "layer_visibility", "probs_from_states"]
@@ -61,12 +62,8 @@ def layer_qkv(model, layer_idx: int, residual: torch.Tensor) -> tuple[torch.Tens
 def layer_visibility(model, layer_idx: int, t: int, device=None) -> torch.Tensor:
     """Boolean mask [T, T] (True = key visible) of layer ``layer_idx`` for a T-token sequence."""
     mixer = model.layers[layer_idx].mixer
-    # Mirrors AttentionMixer.forward: a restriction narrows the layer's own window and adds sinks.
-    window, sinks = mixer.window, 0
-    if mixer.restriction is not None:
-        limit, sinks = mixer.restriction
-        window = limit if window is None else min(window, limit)
-    return attention_mask(t, t, window=window, sinks=sinks if window is not None else 0, device=device)
+    window, sinks = effective_window(mixer.window, mixer.restriction)  # the rule AttentionMixer.forward uses
+    return attention_mask(t, t, window=window, sinks=sinks, device=device)
 
 
 def _query_rows(query_positions, t: int) -> list[int]:

@@ -7,8 +7,8 @@ Metrics (named in params.yaml's claims; all from our own numbers, at the largest
   restriction_gap        mean Δln LongPPL when restricting the full-attention layers − when restricting
                          the efficient layers (over the restricted architectures and windows)
   probe_gain_gap         mean probe-accuracy gain (residual, layer ℓ vs ℓ−1) at full-attention layers −
-                         at efficient layers, over the hybrids whose best layer finds the needle above
-                         chance (by more than 2 binomial standard errors); NaN when none does
+                         at efficient layers, over the hybrids whose best block output finds the needle
+                         above chance (one-sided binomial test, 5%, Bonferroni over layers); NaN when none does
   qk_distance_gap        mean relative W_q/W_k distance from the final weights of the traced heads at the
                          middle snapshot: swa-large − swa-small (larger = slower Q/K convergence)
   nope_ruler_gain        mean RULER accuracy swa-small-nope − swa-small (all tasks and lengths)
@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy.stats import binom
 
 from ..analysis.scaling import fit_scaling_law
 from ..config.hybrid import ARCHITECTURES
@@ -114,11 +115,11 @@ def _probe_gap(probes: pd.DataFrame) -> tuple[float, dict]:
     if not len(probes):
         return math.nan, {}
     residual = probes[probes.feature == "residual"]
-    best = residual.groupby("arch")["accuracy"].max()
-    # Gains between layers are noise unless some layer holds the needle: an accuracy above chance by
-    # 2 standard errors of a binomial proportion on the n_test held-out prompts.
-    se = np.sqrt(residual.chance * (1 - residual.chance) / residual.n_test)
-    bar = (residual.chance + 2 * se).groupby(residual.arch).max()
+    if "n_test" not in residual.columns or residual["n_test"].isna().any():
+        raise ValueError("probe tables lack n_test (written before it was recorded): re-run hybrid-evaluate")
+    blocks = residual[residual.layer >= 0]  # block outputs; the embedding (layer −1) cannot hold the needle
+    best = blocks.groupby("arch")["accuracy"].max()
+    bar = pd.Series({arch: _chance_bar(layers) for arch, layers in blocks.groupby("arch")}, dtype=float)
     informative = sorted(a for a in best.index if a != "full" and best[a] > bar[a])
     evidence = {"best_layer_accuracy": best.round(3).to_dict(), "above_chance_bar": bar.round(3).to_dict(),
                 "informative_hybrids": informative}
@@ -131,6 +132,13 @@ def _probe_gap(probes: pd.DataFrame) -> tuple[float, dict]:
     evidence.update(mean_gain_full_layers=round(float(full_gain), 4),
                     mean_gain_efficient_layers=round(float(eff_gain), 4))
     return float(full_gain - eff_gain), evidence
+
+
+def _chance_bar(layers: pd.DataFrame) -> float:
+    """Probe accuracy that chance exceeds with probability < 5% at any of ``layers`` (rows of one
+    architecture): a one-sided binomial test on the n_test held-out prompts, Bonferroni over the layers."""
+    n, p = int(layers.n_test.iloc[0]), float(layers.chance.iloc[0])
+    return float(binom.ppf(1 - 0.05 / len(layers), n, p)) / n
 
 
 def _qk_gap(trace: pd.DataFrame) -> tuple[float, dict]:

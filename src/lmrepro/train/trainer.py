@@ -30,6 +30,7 @@ from ..config import TrainConfig, fingerprint
 from ..data import ChunkSampler, ShardedTokens, eval_windows
 from ..eval.loss import evaluate_loss
 from ..models import DecoderLM, LMSpec
+from ..ops.dispatch import reset_backends_used
 from . import checkpoint as ckpt
 from .schedule import lr_multiplier
 
@@ -93,6 +94,7 @@ class Trainer:
         data_id = sorted(s["sha256"] for s in self.train_tokens.index["shards"])
         self.fingerprint = fingerprint({"spec": dataclasses.asdict(spec), "train": semantic, "data": data_id})
         self.ckpt_dir = Path(ckpt_dir) / self.fingerprint
+        self._earlier_backends: dict[str, str] = {}  # op backends of the steps before a resume
         world = self.accelerator.num_processes
         if cfg.batch_size % (cfg.micro_batch_size * world):
             raise ValueError(f"train.batch_size {cfg.batch_size} must be a multiple of micro_batch_size × processes "
@@ -123,8 +125,9 @@ class Trainer:
         state = self._resume(model, optimizer, scheduler)
         start = state["step"] if state else 0
         rows: list[dict[str, Any]] = state["rows"] if state else []
-        # Backends of the steps run before an interruption, so a resumed run's provenance still names them.
-        self._earlier_backends: dict[str, str] = state.get("op_backends", {}) if state else {}
+        # This run's backends: the steps before an interruption (from the checkpoint) and this process's.
+        self._earlier_backends = state.get("op_backends", {}) if state else {}
+        reset_backends_used()
         model, optimizer = acc.prepare(model, optimizer)  # the scheduler is stepped by us, once per step
         total = cfg.max_steps
         stop = total if until_step is None else min(total, until_step)
@@ -203,7 +206,12 @@ class Trainer:
         self.accelerator.wait_for_everyone()
 
     def _backends(self) -> dict[str, str]:
-        return {**self._earlier_backends, **provenance.op_backends()}
+        """Per op, every backend this run used, in order of first use, joined by "," (as backends_used)."""
+        merged = {op: names.split(",") for op, names in self._earlier_backends.items()}
+        for op, names in provenance.op_backends().items():
+            merged.setdefault(op, [])
+            merged[op] += [n for n in names.split(",") if n not in merged[op]]
+        return {op: ",".join(names) for op, names in sorted(merged.items())}
 
     def _save_budget(self, model, budget: int, tokens: int) -> None:
         # Snapshots live beside the resumable checkpoints (a persistent folder) so a resumed run still

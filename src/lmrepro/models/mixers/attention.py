@@ -10,12 +10,22 @@ from ..cache import LayerCache
 from ..layers import RotaryEmbedding
 
 
+def effective_window(window: int | None, restriction: tuple[int, int] | None) -> tuple[int | None, int]:
+    """(window, sinks) a layer with its own ``window`` (None = full) attends with under ``restriction``.
+
+    A restriction (limit, sinks) replaces a wider field by the last ``limit`` tokens plus the first
+    ``sinks`` (StreamingLLM); a layer whose own window is already ≤ ``limit`` keeps it and gains no sinks.
+    """
+    if restriction is not None and (window is None or window > restriction[0]):
+        return restriction
+    return window, 0
+
+
 class AttentionMixer(nn.Module):
     """x [B, T, hidden] → [B, T, hidden]; causal, sliding window per ``LayerSpec.window``.
 
     ``restriction = (window, sinks)`` (set by :mod:`lmrepro.models.receptive`) narrows the receptive
-    field at inference to the last ``window`` tokens plus the first ``sinks`` tokens; a layer whose own
-    sliding window is already ≤ ``window`` is left unchanged.
+    field at inference (see :func:`effective_window`).
     """
 
     def __init__(self, spec, layer, layer_idx: int):
@@ -42,9 +52,6 @@ class AttentionMixer(nn.Module):
             if cache.k is not None:
                 k, v = torch.cat([cache.k, k], dim=1), torch.cat([cache.v, v], dim=1)
             cache.k, cache.v = k, v
-        window, sinks = self.window, 0
-        if self.restriction is not None and (window is None or window > self.restriction[0]):
-            # Only narrow: a sliding window already within the limit keeps its own field (gains no sinks).
-            window, sinks = self.restriction
+        window, sinks = effective_window(self.window, self.restriction)
         o = attention(q, k, v, window=window, sinks=sinks)
         return self.o_proj(o.reshape(b, t, -1))
