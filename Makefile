@@ -13,7 +13,7 @@ export DVC_NO_ANALYTICS := 1
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup repro test bench gpu-check notebooks-clean notebooks-check lock lab
+.PHONY: setup repro test bench gpu-check kernel-check vendor notebooks-clean notebooks-check lock lab
 
 setup: $(VENV)/.setup-done
 
@@ -38,8 +38,21 @@ bench: setup
 	$(BIN)/python benchmarks/ops_cpu.py
 	$(BIN)/python benchmarks/models_cpu.py
 
+# On a GPU machine with torch + triton (nothing installable there): `make vendor` first, here, then carry
+# vendor/ and run `PYTHONPATH=src:vendor python3 scripts/gpu_check.py` there (≤ 8 min on one H200).
 gpu-check:
-	PYTHONPATH=src:vendor python scripts/gpu_check.py --json-out gpu_check.json
+	PYTHONPATH=src:vendor python3 scripts/gpu_check.py --json-out gpu_check.json
+
+# fla's kernels as plain files for the GPU machine: the locked fla-core wheel, unzipped into vendor/ (5 MB).
+vendor: setup
+	rm -rf vendor && mkdir -p vendor/.wheels
+	$(BIN)/python -m pip download --quiet --no-deps -d vendor/.wheels $$(grep '^fla-core==' requirements/lock.txt)
+	for w in vendor/.wheels/*.whl; do $(BIN)/python -m zipfile -e $$w vendor; done
+	rm -rf vendor/.wheels
+
+# No GPU: fla's Triton kernels on CPU in Triton's interpreter, against the references (fp32, small shapes).
+kernel-check: setup
+	@$(BIN)/python scripts/gpu_check.py --interpret
 
 lab: setup
 	$(BIN)/jupyter lab notebooks/

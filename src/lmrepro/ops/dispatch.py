@@ -5,7 +5,9 @@ Precedence (highest first):
 1. the op's explicit ``backend=`` argument;
 2. a process-wide override set with :func:`force_backend` (meant for tests and debugging);
 3. the automatic rule: the GPU kernel on CUDA when its library is installed, the chunked
-   PyTorch path (``sdpa`` for attention) otherwise. Attention on CUDA: window + sinks -> flex;
+   PyTorch path (``sdpa`` for attention) otherwise. ``fla`` on CPU exists only under Triton's
+   interpreter (``TRITON_INTERPRET=1``, :mod:`lmrepro.ops.triton_interpreter`), to verify the kernel
+   code without a GPU, and is never chosen automatically. Attention on CUDA: window + sinks -> flex;
    otherwise flash when installed (fp16/bf16, equal head dims), else flex for a window, else sdpa.
 
 An explicitly requested or forced backend that cannot run here raises
@@ -37,6 +39,9 @@ import threading
 from collections.abc import Iterable, Iterator, Mapping
 
 import torch
+
+from .triton_interpreter import enable as enable_triton_interpreter
+from .triton_interpreter import interpreter_requested
 
 __all__ = [
     "OP_BACKENDS",
@@ -137,10 +142,13 @@ def backend_available(
             return False, "flash_attn needs the value head dim equal to the query/key head dim"
         return True, "flash_attn kernel"
     if backend == "fla":
-        if dev.type != "cuda":
-            return False, f"fla Triton kernels need CUDA tensors, got device {dev}"
         if not _installed("fla"):
             return False, "flash-linear-attention (fla) is not installed (pip install lmrepro[fla])"
+        if dev.type == "cpu" and interpreter_requested():
+            return True, "flash-linear-attention Triton kernel in Triton's interpreter (CPU, slow; verification)"
+        if dev.type != "cuda":
+            return False, (f"fla Triton kernels need CUDA tensors, got device {dev} "
+                           "(on CPU only under TRITON_INTERPRET=1, see lmrepro.ops.triton_interpreter)")
         return True, "flash-linear-attention Triton kernel"
     raise AssertionError(backend)  # pragma: no cover - _check_name guards this
 
@@ -215,6 +223,8 @@ def select_backend(
             raise BackendUnavailableError(
                 f"{op}: backend {chosen!r} ({source}) is unavailable: {reason}"
             )
+    if chosen == "fla" and dev.type == "cpu":
+        enable_triton_interpreter()
     _record(op, chosen, source, dev)
     return chosen
 
