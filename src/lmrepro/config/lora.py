@@ -247,7 +247,7 @@ class CurvatureConfig:
     steps: int = bounded(40, min=1, doc="training steps (base_lr·lr_multiplier, the standard α)")
     lr_multiplier: float = bounded(16.0, min=1e-3, doc="of sweep.base_lr: a LoRA-style learning rate")
     batch_size: int = bounded(4, min=1, doc="sequences in the fixed curvature batch")
-    iters: int = bounded(30, min=2, doc="Hessian-vector products per power iteration")
+    iters: int = bounded(30, min=2, doc="Hessian-vector products per Lanczos run (at most)")
     tol: float = bounded(1e-3, min=1e-8, max=0.5)
 
     def check(self, path: str) -> None:

@@ -1,16 +1,19 @@
-"""Loss curvature by power iteration on Hessian-vector products (paper claim 2: "spectral suppression").
+"""Loss curvature by Lanczos on Hessian-vector products (paper claim 2: "spectral suppression").
 
 A Hessian-vector product H·v is one double backward: g = ∇_θ L with ``create_graph=True``, then
-∇_θ ⟨g, v⟩. Power iteration on v ↦ H·v converges to the eigenvalue of largest *magnitude*; the sharpness
-that limits a step size is the largest *algebraic* eigenvalue, so the default ``which="largest"`` follows a
-negative dominant eigenvalue μ by a second, shifted iteration on H − μ·I (all its eigenvalues are ≥ 0 and the
-largest is λ_max − μ). ``which="magnitude"`` returns μ itself.
+∇_θ ⟨g, v⟩. :func:`lanczos` builds an orthonormal Krylov basis of {v, Hv, H²v, …} (full
+re-orthogonalization, so no spurious copies of converged eigenvalues) and reads the extreme eigenpair off
+the small tridiagonal matrix T_m = Q_mᵀ·H·Q_m. ``which="largest"`` returns the largest *algebraic*
+eigenvalue (the sharpness that limits a step size, also when a negative eigenvalue dominates);
+``which="magnitude"`` the eigenvalue of largest magnitude. Lanczos converges on extreme eigenvalues far
+faster than power iteration (which needed > 20 products on our LoRA models and often hit its cap): the error
+shrinks with the square root of the relative spectral gap instead of the gap itself.
 
-Stopping rule: the residual ‖H·v − λ·v‖ ≤ tol·|μ| (v unit, |μ| = ‖H‖₂). For a symmetric H some eigenvalue lies
-within the residual of λ, so a converged value is certified to an absolute error of tol·‖H‖₂. Without
-convergence after ``iters`` products the last estimate is returned with a warning naming the residual.
-Convergence is geometric in λ₂/λ₁ (for the shifted pass, (λ₂ − μ)/(λ_max − μ)): a small spectral gap needs
-more products.
+Stopping rule: the Ritz pair's residual ‖H·y − θ·y‖ = β_m·|s_m| (known without another product) ≤ tol·‖T_m‖
+(the largest |Ritz value|, a lower bound on ‖H‖₂). For a symmetric H some eigenvalue lies within the residual of
+θ, so a converged value is certified to an absolute error of tol·‖H‖₂. Without convergence after ``iters``
+products the last estimate (a lower bound for "largest") is returned with a warning naming the residual.
+Memory: ``iters`` basis vectors of n entries in ``dtype``.
 
 Functions: :func:`top_hessian_eigenvalue` (any parameters), :func:`lora_vs_full_curvature` (a PEFT model:
 LoRA parameters versus the base weights they adapt), :func:`adam_preconditioned_sharpness`
@@ -43,10 +46,12 @@ def twice_differentiable() -> Iterator[None]:
         yield
 
 
-def power_iteration(matvec: Callable[[torch.Tensor], torch.Tensor], n: int, *, iters: int = 50,
-                    tol: float = 1e-4, seed: int = 0, which: str = "largest", dtype=torch.float64
-                    ) -> tuple[float, torch.Tensor]:
-    """Extreme eigenpair of a symmetric operator: matvec v [n] → M·v [n] → (eigenvalue, unit vector [n])."""
+def lanczos(matvec: Callable[[torch.Tensor], torch.Tensor], n: int, *, iters: int = 50, tol: float = 1e-4,
+            seed: int = 0, which: str = "largest", dtype=torch.float64) -> tuple[float, torch.Tensor]:
+    """Extreme eigenpair of a symmetric operator: matvec v [n] → M·v [n] → (eigenvalue, unit vector [n]).
+
+    At most ``iters`` products; see the module docstring for ``which``, the stopping rule and the warning.
+    """
     if which not in WHICH:
         raise ValueError(f"which: {which!r} is not one of {WHICH}")
     if isinstance(iters, bool) or not isinstance(iters, int) or iters < 1:
@@ -54,32 +59,36 @@ def power_iteration(matvec: Callable[[torch.Tensor], torch.Tensor], n: int, *, i
     if not (isinstance(tol, (int, float)) and tol > 0):
         raise ValueError(f"tol: must be a number > 0, got {tol!r}")
     generator = torch.Generator().manual_seed(seed)
-    start = torch.randn(n, generator=generator, dtype=torch.float64).to(dtype)
-    mu, v, _ = _iterate(matvec, start, 0.0, iters, tol, None)
-    if which == "magnitude" or mu >= 0:
-        return mu, v
-    # Shifted: M − μ·I is positive semi-definite; its dominant eigenvalue is λ_max − μ.
-    nu, v, _ = _iterate(lambda x: matvec(x) - mu * x, start, mu, iters, tol, abs(mu))
-    return nu + mu, v
-
-
-def _iterate(matvec, v, shift, iters, tol, scale):
-    v = v / v.norm()
-    lam, residual = math.nan, math.inf
-    for _ in range(iters):
-        mv = matvec(v)
-        lam = float(v @ mv)
-        residual = float((mv - lam * v).norm())
-        bound = tol * (scale if scale is not None else abs(lam))
-        if residual <= bound:
-            return lam, v, residual
-        norm = mv.norm()
-        if norm == 0:  # v lies in the null space: 0 is an eigenvalue and nothing is larger in magnitude
-            return 0.0, v, 0.0
-        v = mv / norm
-    warnings.warn(f"power iteration: not converged after {iters} products "
-                  f"(eigenvalue {lam + shift:.6g}, residual {residual:.3g})", stacklevel=3)
-    return lam, v, residual
+    q = torch.randn(n, generator=generator, dtype=torch.float64).to(dtype)
+    basis = [q / q.norm()]
+    alphas: list[float] = []
+    betas: list[float] = []
+    theta, residual, y = math.nan, math.inf, basis[0]
+    for _ in range(min(iters, n)):
+        w = matvec(basis[-1]).to(dtype)
+        alphas.append(float(basis[-1] @ w))
+        Q = torch.stack(basis, dim=1)  # [n, m]
+        for _ in range(2):  # classical Gram-Schmidt twice: orthogonal to working precision
+            w = w - Q @ (Q.T @ w)
+        beta = float(w.norm())
+        T = torch.diag(torch.tensor(alphas, dtype=torch.float64))
+        if betas:
+            off = torch.tensor(betas, dtype=torch.float64)
+            T = T + torch.diag(off, 1) + torch.diag(off, -1)
+        values, vectors = torch.linalg.eigh(T)
+        idx = int(values.argmax()) if which == "largest" else int(values.abs().argmax())
+        theta = float(values[idx])
+        residual = beta * abs(float(vectors[-1, idx]))
+        y = Q @ vectors[:, idx].to(dtype)
+        # beta ≈ 0: the Krylov space is invariant, so its Ritz values are exact eigenvalues.
+        if residual <= tol * float(values.abs().max()) or beta <= 1e-12 * max(1.0, float(values.abs().max())):
+            return theta, y / y.norm()
+        betas.append(beta)
+        basis.append(w / beta)
+    if len(alphas) < n:
+        warnings.warn(f"lanczos: not converged after {len(alphas)} products "
+                      f"(eigenvalue {theta:.6g}, residual {residual:.3g})", stacklevel=3)
+    return theta, y / y.norm()
 
 
 def hessian_matvec(loss_fn: Callable[[], torch.Tensor], params: list[torch.Tensor]
@@ -127,7 +136,7 @@ def top_hessian_eigenvalue(loss_fn: Callable[[], torch.Tensor], params: list[tor
     """
     with twice_differentiable():
         matvec, n = hessian_matvec(loss_fn, params)
-        value, v = power_iteration(matvec, n, iters=iters, tol=tol, seed=seed, which=which)
+        value, v = lanczos(matvec, n, iters=iters, tol=tol, seed=seed, which=which)
     vector, start = [], 0
     for p in params:
         vector.append(v[start:start + p.numel()].view_as(p).to(p.dtype))
@@ -173,5 +182,5 @@ def adam_preconditioned_sharpness(loss_fn: Callable[[], torch.Tensor], params: l
     d = torch.cat(scales)
     with twice_differentiable():
         matvec, n = hessian_matvec(loss_fn, params)
-        value, _ = power_iteration(lambda v: d * matvec(d * v), n, iters=iters, tol=tol, seed=seed)
+        value, _ = lanczos(lambda v: d * matvec(d * v), n, iters=iters, tol=tol, seed=seed)
     return value
