@@ -22,9 +22,10 @@ kernel vs chunked PyTorch for the linear ops (H=8, K=V=128); sdpa / flash / flex
 (16 query heads, 4 kv heads, D=128) for full causal and windows 128 / 2048 with and without sinks.
 
 ``--interpret`` runs the same parity checks on CPU with fla's real Triton kernels executed by Triton's
-interpreter (:mod:`lmrepro.ops.triton_interpreter`) at small shapes (T = 100 / 200, H = 2, D = 32), in
-float32 only (the interpreter cannot do bfloat16 arithmetic), and attention's CPU paths; no timing. It checks the kernel code and our glue (layouts, decay conventions,
-scale, states, gradients), not GPU numerics or speed. About 10 s on 2 CPU cores.
+interpreter (:mod:`lmrepro.ops.triton_interpreter`) at small shapes (T = 100 / 300, models T = 100), in
+float32 only (the interpreter cannot do bfloat16 arithmetic) against a 1e-5 bar, and attention's CPU
+paths; no timing. It checks the kernel code and our glue (layouts, decay conventions, scale, states,
+gradients), not GPU numerics or speed. About 15 s on 2 CPU cores.
 
 Prints one JSON object. Exit status: 0 all parity checks passed; 1 a parity check failed or raised;
 2 no CUDA device (nothing checked); 3 parity passed but a kernel library was missing (incomplete).
@@ -304,11 +305,11 @@ def _model_parity(torch, ops, report) -> None:
     from lmrepro.models import DecoderLM
     from lmrepro.papers.hybrid import arch_spec
 
+    if not ops.backend_available("gated_delta_rule", KERNEL, device=DEVICE)[0]:
+        return  # already listed as missing by the op checks
     cfg = load_config(ROOT / "params.yaml", profile="laptop")
     t = 100 if DEVICE == "cpu" else 1000
     for arch in ("lightning", "mamba2", "gdn"):
-        if not ops.backend_available("gated_delta_rule", KERNEL, device=DEVICE)[0]:
-            return  # already listed as missing by the op checks
         try:
             torch.manual_seed(0)
             model = DecoderLM(arch_spec(cfg, arch, "s1")).to(DEVICE)

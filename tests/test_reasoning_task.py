@@ -6,6 +6,7 @@ tokenizer called directly for the encodings, and the stdlib files read from disk
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -14,6 +15,7 @@ import torch
 from lmrepro.data import DataError, build_stdlib_manifest, list_stdlib_files, stdlib_root, train_bpe_tokenizer
 from lmrepro.data.domains import (
     build_domain_corpus,
+    is_editable_install,
     domain_windows,
     iter_domain_documents,
     metadata_body,
@@ -181,6 +183,23 @@ def test_domain_corpus_is_disjoint_from_stdlib_training_text():
     pretrain = build_stdlib_manifest(root, files, val_fraction=0.1, seed=0)
     pretrain_paths = {(root / d["id"]).resolve() for d in pretrain["documents"]}
     assert not pretrain_paths & {(site_packages_root() / d["id"]).resolve() for d in manifest["documents"]}
+
+
+def test_domain_corpus_skips_editable_installs(tmp_path):
+    """An editable install's METADATA is a working copy's README (this project's holds its own results)."""
+    body = "Metadata-Version: 2.1\nName: {}\n\n" + "Prose about a package. " * 40
+    for name, direct_url in (("released", None), ("checkout", {"url": "file:///src", "dir_info": {"editable": True}}),
+                             ("local", {"url": "file:///src", "dir_info": {}}), ("other", None)):
+        dist = tmp_path / f"{name}-1.0.dist-info"
+        dist.mkdir()
+        (dist / "METADATA").write_text(body.format(name) + name)
+        if direct_url is not None:
+            (dist / "direct_url.json").write_text(json.dumps(direct_url))
+    manifest = build_domain_corpus(seed=0, val_fraction=0.5, root=tmp_path)
+    assert {d["id"].split("-")[0] for d in manifest["documents"]} == {"released", "local", "other"}
+    ours = [p for p in site_packages_root().glob("lmrepro-*.dist-info") if is_editable_install(p)]
+    if ours:  # `make setup` installs this project in editable mode
+        assert not any(d["id"].startswith("lmrepro-") for d in build_domain_corpus(seed=0)["documents"])
 
 
 def test_domain_windows_tile_the_token_stream(tokenizer, tmp_path):

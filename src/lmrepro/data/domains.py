@@ -11,6 +11,11 @@ adaptation rather than tokenization failures. It is disjoint from pretraining by
 stdlib corpus lists only ``*.py`` files and skips site-packages, and these documents are non-Python
 files under site-packages.
 
+Distributions installed in editable mode (``pip install -e``; PEP 610 ``direct_url.json`` with
+``dir_info.editable``) are skipped: their METADATA is a snapshot of a working copy's README, not a
+released package. That includes this project itself, whose README holds the results of the very runs
+that would train on it, and changes whenever they are refreshed.
+
 Only the description body is used (the text after the header block: the e-mail-style
 ``Name:``/``Requires-Dist:`` headers are boilerplate). Bodies shorter than ``min_chars`` are
 skipped, and identical bodies (one README shipped by two distributions) are kept once, so a text
@@ -23,6 +28,7 @@ the installed packages differ between machines, and the manifest records which o
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import sysconfig
@@ -59,6 +65,15 @@ def metadata_body(data: bytes) -> str:
     return body.strip() if sep else ""
 
 
+def is_editable_install(dist_info: Path) -> bool:
+    """Whether a ``*.dist-info`` folder belongs to an editable install (PEP 610 direct_url.json)."""
+    try:
+        direct_url = json.loads((dist_info / "direct_url.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return bool(isinstance(direct_url, dict) and (direct_url.get("dir_info") or {}).get("editable"))
+
+
 def _usable(path: Path, min_chars: int) -> bytes | None:
     try:
         data = path.read_bytes()
@@ -85,7 +100,8 @@ def build_domain_corpus(max_documents: int | None = None, seed: int = 0, val_fra
     root = Path(root) if root is not None else site_packages_root()
     if not root.is_dir():
         raise DataError(f"domain root {str(root)!r} does not exist or is not a directory")
-    candidates = [p.relative_to(root).as_posix() for p in root.glob("*.dist-info/METADATA")]
+    candidates = [p.relative_to(root).as_posix() for p in root.glob("*.dist-info/METADATA")
+                  if not is_editable_install(p.parent)]
     # A different key from assign_split's: with the same hash the first N would all be validation.
     candidates.sort(key=lambda rel: (sha256_bytes(f"subset:{seed}:{rel}".encode()), rel))
     documents, seen_bodies = [], set()
