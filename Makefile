@@ -44,6 +44,7 @@ gpu-check:
 	PYTHONPATH=src:vendor python3 scripts/gpu_check.py --json-out gpu_check.json
 
 # fla's kernels as plain files for the GPU machine: the locked fla-core wheel, unzipped into vendor/ (5 MB).
+# fla also imports einops, which the H200 image has; elsewhere add it the same way.
 vendor: setup
 	rm -rf vendor && mkdir -p vendor/.wheels
 	$(BIN)/python -m pip download --quiet --no-deps -d vendor/.wheels $$(grep '^fla-core==' requirements/lock.txt)

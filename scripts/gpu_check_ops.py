@@ -23,13 +23,14 @@ kernel vs chunked PyTorch for the linear ops (H=8, K=V=128); sdpa / flash / flex
 
 ``--interpret`` runs the same parity checks on CPU with fla's real Triton kernels executed by Triton's
 interpreter (:mod:`lmrepro.ops.triton_interpreter`) at small shapes (T = 100 / 300, models T = 100), in
-float32 only (the interpreter cannot do bfloat16 arithmetic) against a 1e-5 bar, and attention's CPU
-paths; no timing. It checks the kernel code and our glue (layouts, decay conventions, scale, states,
-gradients), not GPU numerics or speed. About 15 s on 2 CPU cores.
+float32 only (the interpreter cannot do bfloat16 arithmetic) against 1e-5 (outputs, states) and 5e-5
+(gradients), and attention's CPU paths; no timing. It checks the kernel code (first autotune config) and
+our glue (layouts, decay conventions, scale, states, gradients), not GPU numerics or speed. About 15 s on a
+quiet 2-core machine. (Mamba-2's D skip term is applied outside the kernel, so its gradient matches exactly.)
 
 Prints one JSON object. Exit status: 0 all parity checks passed; 1 a parity check failed or raised;
 2 no CUDA device (nothing checked); 3 parity passed but a kernel library was missing (incomplete).
-Expected runtime: ~1-4 min with --quick (Triton JIT/autotune and flex compilation dominate), add ~1-2 min
+Expected runtime on a GPU: ~1-4 min with --quick (Triton JIT/autotune and flex compilation dominate), add ~1-2 min
 for timing; well under 10 min.
 """
 

@@ -204,3 +204,16 @@ def test_lanczos_converges_on_a_small_gap_in_few_products():
     assert value == pytest.approx(float(np.linalg.eigvalsh(H.numpy()).max()), abs=1e-6)
     assert len(products) <= 60
     assert float((H @ vector - value * vector).norm()) <= 1e-6 * 1.0 + 1e-12
+
+
+def test_lanczos_scale_invariance_down_to_tiny_operators():
+    """The invariant-subspace test is relative to ‖T‖: an operator of norm 5e-13 is not mistaken for 0."""
+    from lmrepro.lora import lanczos
+
+    g = torch.Generator().manual_seed(4)
+    U, _ = torch.linalg.qr(torch.randn(40, 40, generator=g, dtype=torch.float64))
+    for scale in (1e-13, 1.0, 1e9):
+        H = U @ torch.diag(torch.linspace(-5, 1, 40, dtype=torch.float64) * scale) @ U.T
+        assert lanczos(lambda v: H @ v, 40, iters=40, tol=1e-8)[0] == pytest.approx(1.0 * scale, rel=1e-6)
+        assert lanczos(lambda v: H @ v, 40, iters=40, tol=1e-8, which="magnitude")[0] == pytest.approx(-5 * scale,
+                                                                                                       rel=1e-6)

@@ -6,14 +6,15 @@ re-orthogonalization, so no spurious copies of converged eigenvalues) and reads 
 the small tridiagonal matrix T_m = Q_mᵀ·H·Q_m. ``which="largest"`` returns the largest *algebraic*
 eigenvalue (the sharpness that limits a step size, also when a negative eigenvalue dominates);
 ``which="magnitude"`` the eigenvalue of largest magnitude. Lanczos converges on extreme eigenvalues far
-faster than power iteration (which needed > 20 products on our LoRA models and often hit its cap): the error
-shrinks with the square root of the relative spectral gap instead of the gap itself.
+faster than power iteration (which needed > 20 products on our LoRA models and often hit its cap): its error
+falls roughly like exp(−2m·√gap) after m products, power iteration's like exp(−m·gap) (gap relative).
 
 Stopping rule: the Ritz pair's residual ‖H·y − θ·y‖ = β_m·|s_m| (known without another product) ≤ tol·‖T_m‖
 (the largest |Ritz value|, a lower bound on ‖H‖₂). For a symmetric H some eigenvalue lies within the residual of
-θ, so a converged value is certified to an absolute error of tol·‖H‖₂. Without convergence after ``iters``
-products the last estimate (a lower bound for "largest") is returned with a warning naming the residual.
-Memory: ``iters`` basis vectors of n entries in ``dtype``.
+θ, so a converged θ is an eigenvalue to within tol·‖H‖₂; for "largest" it is also a lower bound on λ_max
+(interlacing). Like any Krylov method it could settle on a lower eigenvalue if the random start were nearly
+orthogonal to the top eigenvector. Without convergence after ``iters`` products the last estimate is
+returned with a warning naming the residual. Memory: ``iters + 1`` basis vectors of n entries in ``dtype``.
 
 Functions: :func:`top_hessian_eigenvalue` (any parameters), :func:`lora_vs_full_curvature` (a PEFT model:
 LoRA parameters versus the base weights they adapt), :func:`adam_preconditioned_sharpness`
@@ -60,16 +61,18 @@ def lanczos(matvec: Callable[[torch.Tensor], torch.Tensor], n: int, *, iters: in
         raise ValueError(f"tol: must be a number > 0, got {tol!r}")
     generator = torch.Generator().manual_seed(seed)
     q = torch.randn(n, generator=generator, dtype=torch.float64).to(dtype)
-    basis = [q / q.norm()]
+    steps = min(iters, n)
+    basis = torch.empty(steps + 1, n, dtype=dtype)  # Krylov basis, rows 0..m-1 in use
+    basis[0] = q / q.norm()
     alphas: list[float] = []
     betas: list[float] = []
     theta, residual, y = math.nan, math.inf, basis[0]
-    for _ in range(min(iters, n)):
-        w = matvec(basis[-1]).to(dtype)
-        alphas.append(float(basis[-1] @ w))
-        Q = torch.stack(basis, dim=1)  # [n, m]
+    for m in range(1, steps + 1):
+        w = matvec(basis[m - 1]).to(dtype)
+        alphas.append(float(basis[m - 1] @ w))
+        Q = basis[:m]  # [m, n]
         for _ in range(2):  # classical Gram-Schmidt twice: orthogonal to working precision
-            w = w - Q @ (Q.T @ w)
+            w = w - Q.T @ (Q @ w)
         beta = float(w.norm())
         T = torch.diag(torch.tensor(alphas, dtype=torch.float64))
         if betas:
@@ -79,12 +82,13 @@ def lanczos(matvec: Callable[[torch.Tensor], torch.Tensor], n: int, *, iters: in
         idx = int(values.argmax()) if which == "largest" else int(values.abs().argmax())
         theta = float(values[idx])
         residual = beta * abs(float(vectors[-1, idx]))
-        y = Q @ vectors[:, idx].to(dtype)
-        # beta ≈ 0: the Krylov space is invariant, so its Ritz values are exact eigenvalues.
-        if residual <= tol * float(values.abs().max()) or beta <= 1e-12 * max(1.0, float(values.abs().max())):
+        y = Q.T @ vectors[:, idx].to(dtype)
+        # beta ≈ 0 (relative to ‖T‖): the Krylov space is invariant, its Ritz values are exact eigenvalues.
+        norm_t = float(values.abs().max())
+        if residual <= tol * norm_t or beta <= 1e-12 * norm_t:
             return theta, y / y.norm()
         betas.append(beta)
-        basis.append(w / beta)
+        basis[m] = w / beta
     if len(alphas) < n:
         warnings.warn(f"lanczos: not converged after {len(alphas)} products "
                       f"(eigenvalue {theta:.6g}, residual {residual:.3g})", stacklevel=3)

@@ -224,7 +224,10 @@ def select_backend(
                 f"{op}: backend {chosen!r} ({source}) is unavailable: {reason}"
             )
     if chosen == "fla" and dev.type == "cpu":
-        enable_triton_interpreter()
+        try:
+            enable_triton_interpreter()
+        except RuntimeError as err:
+            raise BackendUnavailableError(f"{op}: backend 'fla' on CPU is unavailable: {err}") from err
     _record(op, chosen, source, dev)
     return chosen
 

@@ -12,13 +12,16 @@ Two gaps of the interpreter (Triton 3.x) stop fla's kernels, and :func:`enable` 
   calls tensor methods on them (``i_t.to(tl.int64)``), which a compiled kernel allows. Kernels are
   re-executed with a ``range`` that yields int32 scalar tensors, as the compiler would produce;
 * autotuning: ``triton.autotune`` benchmarks every config through the GPU driver, which does not exist
-  here. Every config computes the same function, so all are scored equal and the first one runs.
+  here. Every config computes the same function, so for interpreted kernels all are scored equal and the
+  first one runs (compiled kernels keep Triton's own benchmark).
 
 Only float32 is meaningful here: the interpreter keeps bfloat16 as its uint16 bit pattern and does
 integer arithmetic on it (``tl.dot`` and element-wise ops), so bfloat16 kernels give garbage. Checks
 in bfloat16 need a GPU (``scripts/gpu_check_ops.py`` without ``--interpret``).
 
-Neither changes what a kernel computes. The switch must be set before ``triton`` (or anything that
+Neither changes what a kernel computes. What this does not cover: only the first autotune config of each
+kernel runs, and fla's device-dependent choices (shared memory size, architecture) take their CPU branches,
+so block sizes a GPU may pick are not exercised; GPU numerics (tf32, bf16) and speed need a GPU. The switch must be set before ``triton`` (or anything that
 imports fla) is imported: ``@triton.jit`` decides between compiled and interpreted at definition.
 """
 
@@ -80,8 +83,17 @@ def enable() -> None:
         exec(code, fn_globals, namespace)
         return namespace[self.fn.__name__]
 
+    real_bench = autotuner.Autotuner._bench
+
+    def interpreted(fn) -> bool:
+        while fn is not None and not isinstance(fn, interpreter.InterpretedFunction):
+            fn = getattr(fn, "fn", None)  # autotuners and heuristics wrap the kernel
+        return fn is not None
+
     def equal_bench(self, *args, config, **kwargs):
-        return [1.0, 1.0, 1.0]
+        if interpreted(self.fn):
+            return [1.0, 1.0, 1.0]
+        return real_bench(self, *args, config=config, **kwargs)
 
     interpreter.FunctionRewriter._compile_and_exec = compile_and_exec
     autotuner.Autotuner._bench = equal_bench
