@@ -32,8 +32,8 @@ def select_layers(model: DecoderLM, target: str) -> list[int]:
 def restrict_receptive_field(model: DecoderLM, target: str, window: int, sinks: int = 0) -> Iterator[list[int]]:
     """Within the block, layers named by ``target`` see only their last ``window`` tokens and the first
     ``sinks`` tokens; a sliding-window layer whose own window is already ≤ ``window`` is left as it is
-    (it gains no sinks). Yields the layer indices the restriction applies to. Raises for mixers without a restricted path
-    (Mamba-2, Gated DeltaNet) on the first forward, never silently ignoring the request."""
+    (it gains no sinks). Yields the layer indices the restriction applies to. Raises for mixers without a
+    restricted path (Mamba-2, Gated DeltaNet) on the first forward, never silently ignoring the request."""
     if not isinstance(window, int) or window < 1:
         raise ValueError(f"window must be an int >= 1, got {window!r}")
     if not isinstance(sinks, int) or sinks < 0:

@@ -15,14 +15,14 @@ Two gaps of the interpreter (Triton 3.x) stop fla's kernels, and :func:`enable` 
   here. Every config computes the same function, so for interpreted kernels all are scored equal and the
   first one runs (compiled kernels keep Triton's own benchmark).
 
-Only float32 is meaningful here: the interpreter keeps bfloat16 as its uint16 bit pattern and does
-integer arithmetic on it (``tl.dot`` and element-wise ops), so bfloat16 kernels give garbage. Checks
-in bfloat16 need a GPU (``scripts/gpu_check_ops.py`` without ``--interpret``).
-
-Neither changes what a kernel computes. What this does not cover: only the first autotune config of each
-kernel runs, and fla's device-dependent choices (shared memory size, architecture) take their CPU branches,
-so block sizes a GPU may pick are not exercised; GPU numerics (tf32, bf16) and speed need a GPU. The switch must be set before ``triton`` (or anything that
+Neither changes what a kernel computes. The switch must be set before ``triton`` (or anything that
 imports fla) is imported: ``@triton.jit`` decides between compiled and interpreted at definition.
+
+What this does not cover: only the first autotune config of each kernel runs, and fla's device-dependent
+choices (shared memory size, architecture) take their CPU branches, so block sizes a GPU may pick are not
+exercised. Only float32 is meaningful: the interpreter keeps bfloat16 as its uint16 bit pattern and does
+integer arithmetic on it (``tl.dot`` and element-wise ops). bfloat16 / tf32 numerics and speed need a GPU
+(``scripts/gpu_check_ops.py`` without ``--interpret``).
 """
 
 from __future__ import annotations
