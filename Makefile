@@ -1,7 +1,8 @@
 # Two commands for a fresh machine (see README):
 #   make repro   – set up, then regenerate every figure with `dvc repro` (profile from params.yaml, default laptop)
 #   make test    – set up, then run the test suite
-# Other profiles: `make repro PROFILE=paper` runs `dvc exp run -S profile=paper` (a tracked DVC experiment).
+# Other profiles: `make repro PROFILE=paper` runs `dvc exp run -S profile=paper` (a tracked DVC experiment);
+# each profile's scale lives in profiles/<profile>.yaml.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
@@ -27,11 +28,13 @@ $(VENV)/.setup-done: pyproject.toml requirements/lock.txt
 	test -d .dvc || $(BIN)/dvc init --quiet
 	touch $@
 
+# The last stage (summary) refreshes the README claims tables from the ledgers.
 repro: setup
-	@if [ -z "$(PROFILE)" ]; then dvc repro; else dvc exp run -S profile=$(PROFILE); fi
-	$(BIN)/python -m lmrepro.analysis.claims
+	@case '$(PROFILE)' in '') dvc repro;; smoke|laptop|paper) dvc exp run -S 'profile=$(PROFILE)';; \
+	  *) echo "PROFILE must be one of smoke, laptop, paper" >&2; exit 2;; esac
 
 test: setup
+	$(BIN)/ruff check src tests scripts benchmarks
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: setup

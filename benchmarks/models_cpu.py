@@ -39,7 +39,8 @@ def tokens_per_second(model, vocab, batch, seq_len, steps, hf=False):
 def llama_twin(spec: LMSpec):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    cfg = LlamaConfig(vocab_size=spec.vocab_size, hidden_size=spec.hidden_size, intermediate_size=spec.intermediate_size,
+    cfg = LlamaConfig(vocab_size=spec.vocab_size, hidden_size=spec.hidden_size,
+                      intermediate_size=spec.intermediate_size,
                       num_hidden_layers=spec.num_layers, num_attention_heads=spec.num_heads,
                       num_key_value_heads=spec.num_kv_heads, max_position_embeddings=spec.max_seq_len,
                       rms_norm_eps=spec.norm_eps, rope_theta=spec.rope_theta, tie_word_embeddings=False,
@@ -59,7 +60,8 @@ def main() -> None:
     batch = args.batch or cfg.train.micro_batch_size
     base = LMSpec.from_config(cfg.model, cfg.tokenizer.vocab_size)
     window = max(1, seq_len // 8)
-    archs = {"full": "full", f"swa-{window}": f"swa-{window}", "lightning": "lightning", "mamba2": "mamba2", "gdn": "gdn"}
+    archs = {"full": "full", f"swa-{window}": f"swa-{window}", "lightning": "lightning", "mamba2": "mamba2",
+             "gdn": "gdn"}
     result = {"seq_len": seq_len, "batch": batch, "threads": torch.get_num_threads(), "architectures": {}}
     for name, mixer in archs.items():
         every = None if mixer == "full" else 4

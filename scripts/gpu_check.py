@@ -45,7 +45,7 @@ def throughput(arch: str, size: str, seq_len: int, device: str, steps: int = 3) 
 
     from lmrepro.config import load_config
     from lmrepro.models import DecoderLM
-    from lmrepro.papers.hybrid import arch_spec
+    from lmrepro.papers.hybrid_attention.runs import arch_spec
 
     cfg = load_config(ROOT / "params.yaml", profile="paper")
     torch.manual_seed(0)
@@ -110,7 +110,7 @@ def main() -> int:
     sys.path.insert(0, str(ROOT / "src"))
     import torch
 
-    from lmrepro.config.hybrid import ARCHITECTURES
+    from lmrepro.papers.hybrid_attention.config import ARCHITECTURES
 
     if args.interpret:
         device, seq_len, sizes, archs, steps = "cpu", 64, ["s1"], ("full", "gdn"), 1

@@ -304,7 +304,7 @@ def _model_parity(torch, ops, report) -> None:
     on the kernel path vs on the chunked path, so the mixers' glue around the ops is covered too."""
     from lmrepro.config import load_config
     from lmrepro.models import DecoderLM
-    from lmrepro.papers.hybrid import arch_spec
+    from lmrepro.papers.hybrid_attention.runs import arch_spec
 
     if not ops.backend_available("gated_delta_rule", KERNEL, device=DEVICE)[0]:
         return  # already listed as missing by the op checks
@@ -322,7 +322,8 @@ def _model_parity(torch, ops, report) -> None:
                     logits = model(x)
                 logits.float().square().mean().backward()
                 res[backend] = {"logits": logits.detach().float(),
-                                "grads": torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])}
+                                "grads": torch.cat([p.grad.flatten() for p in model.parameters()
+                                                    if p.grad is not None])}
             _record(report, {"op": f"model:{arch}", "backend": KERNEL, "vs": "chunked", "dtype": "float32", "T": t},
                     {"logits": rel(res[KERNEL]["logits"], res["chunked"]["logits"]),
                      "dparams": rel(res[KERNEL]["grads"], res["chunked"]["grads"])}, *TOL["float32"])

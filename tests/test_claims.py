@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 from lmrepro.analysis import claims
-from lmrepro.analysis.claims import Claim, build_ledger, render_markdown, update_readme, verdict
+from lmrepro.analysis.claims import (Claim, Precondition, Revision, build_ledger, load_criteria, publish,
+                                     render_markdown, update_readme, verdict)
+from lmrepro.config import ConfigError, paper_schemas
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,21 +42,21 @@ def test_claim_rejects_bad_criteria():
 
 def test_ledger_rows_need_a_value_for_every_claim():
     crit = {"a": Claim("A holds", "ma", ">", 0.0), "b": Claim("B holds", "mb", "<", 1.0)}
-    rows = build_ledger(crit, {"a": 1.0, "b": float("nan")}, {"a": {"x": 1}})
+    rows = build_ledger(crit, {"ma": 1.0, "mb": float("nan")}, {"ma": {"x": 1}})
     assert [r["verdict"] for r in rows] == ["reproduced", "inconclusive"]
     assert rows[1]["value"] is None and rows[0]["evidence"] == {"x": 1}
     with pytest.raises(KeyError, match="no value computed"):
-        build_ledger(crit, {"a": 1.0})
+        build_ledger(crit, {"ma": 1.0})
 
 
 def test_readme_rendering_between_markers(tmp_path):
     ledger_path = claims.write_ledger(tmp_path / "claims.json", "xformer", "smoke",
-                                      build_ledger({"c1": Claim("X wins", "gap", ">", 0.0)}, {"c1": 0.5}))
+                                      build_ledger({"c1": Claim("X wins", "gap", ">", 0.0)}, {"gap": 0.5}))
     readme = tmp_path / "README.md"
     readme.write_text("intro\n<!-- claims:xformer -->\nold\n<!-- /claims:xformer -->\nend\n")
     assert update_readme(readme, {"xformer": ledger_path}) is True
     text = readme.read_text()
-    assert "| c1 | X wins | 0.5 | `gap > 0` | **reproduced** |" in text and text.endswith("end\n")
+    assert "| c1 | X wins | 0.5 | `gap > 0` |" in text and "| **reproduced** |" in text and text.endswith("end\n")
     assert update_readme(readme, {"xformer": ledger_path}) is False
     with pytest.raises(ValueError, match="markers"):
         update_readme(readme, {"hybrid_attention": ledger_path})
@@ -64,3 +66,72 @@ def test_readme_rendering_between_markers(tmp_path):
 def test_committed_readme_shows_the_committed_ledgers(monkeypatch):
     monkeypatch.chdir(ROOT)
     assert claims.main(["--check"]) == 0
+
+
+PRE = Precondition(statement="Full retrieves", metric="needle_acc", op=">=", threshold=0.8)
+
+
+@pytest.mark.parametrize("pre_value,value,expected", [
+    (0.9, 1.0, "reproduced"),
+    (0.8, -1.0, "not reproduced"),  # >= holds at the threshold
+    (0.5, 1.0, "not testable at this scale"),
+    (math.nan, 1.0, "not testable at this scale"),  # a precondition that could not be computed did not hold
+])
+def test_precondition_gates_the_verdict(pre_value, value, expected):
+    crit = {"c": Claim("long context helps", "gap", ">", 0.0, 0.1, precondition=PRE)}
+    (row,) = build_ledger(crit, {"gap": value, "needle_acc": pre_value})
+    assert row["verdict"] == expected
+    assert row["precondition"]["held"] is (expected != "not testable at this scale")
+    assert row["precondition"]["metric"] == "needle_acc"
+
+
+def test_by_construction_and_noise_and_revisions_are_recorded(tmp_path):
+    rev = Revision(date="2026-11-28", old_criterion="d > 0 ± 0.02", old_verdict="reproduced", why="clamped at 0")
+    crit = {"flops": Claim("X needs fewer FLOPs", "ratio", "<", 1.0, 0.005, by_construction=True),
+            "loss": Claim("X wins", "gap", "<", 0.0, 0.02, margin_source="3 seeds", noise_metric="seed_se",
+                          revisions=[rev])}
+    rows = build_ledger(crit, {"ratio": 0.98, "gap": -0.05, "seed_se": 0.007})
+    assert [r["verdict"] for r in rows] == ["holds by construction", "reproduced"]
+    # an identity that fails is reported as failing, never as "by construction"
+    assert build_ledger(crit, {"ratio": 1.2, "gap": 0.0})[0]["verdict"] == "not reproduced"
+    assert rows[1]["noise"] == {"source": "3 seeds", "metric": "seed_se", "value": 0.007}
+    assert rows[1]["revisions"][0]["old_verdict"] == "reproduced"
+    table = render_markdown({"claims": rows})
+    assert "3 seeds (measured 0.007)" in table and "1 revision(s)" in table
+
+
+def test_publish_writes_ledger_markdown_and_flat_metrics(tmp_path):
+    crit = {"c1": Claim("X wins", "gap", "<", 0.0, 0.01), "c2": Claim("Y", "other", ">", 0.0)}
+    table = publish(tmp_path, "xformer", "smoke", crit, {"gap": -0.5, "other": math.nan}, {"gap": {"se": math.inf}})
+    ledger = json.loads((tmp_path / "claims.json").read_text())
+    assert ledger["paper"] == "xformer" and ledger["profile"] == "smoke"
+    assert ledger["claims"][0]["evidence"] == {"se": None}  # strict JSON: no NaN / inf
+    assert (tmp_path / "claims.md").read_text() == f"_smoke profile_\n\n{table}\n"
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics == {"gap": -0.5, "c1_reproduced": 1, "c2_reproduced": 0}
+
+
+def test_load_criteria_names_the_file_and_key(tmp_path):
+    path = tmp_path / "claims.yaml"
+    path.write_text("c1: {statement: s, metric: m, op: '==', threshold: 0}\n")
+    with pytest.raises(ConfigError, match=r"^claims\.yaml:c1\.op: '==' is not allowed"):
+        load_criteria(path)
+    path.write_text("c1: {statement: s, metric: m, op: '<', threshold: 0, revisions: [{date: x}]}\n")
+    with pytest.raises(ConfigError, match=r"revisions\[0\]\.old_criterion: missing"):
+        load_criteria(path)
+    with pytest.raises(ConfigError, match="not found"):
+        load_criteria(tmp_path / "none.yaml")
+
+
+@pytest.mark.parametrize("paper", list(paper_schemas()))
+def test_committed_ledger_follows_its_criteria_file(paper):
+    """The committed ledger was judged by the committed criteria: same ids, criteria, preconditions, revisions."""
+    criteria = load_criteria(ROOT / "pipelines" / paper / "claims.yaml")
+    ledger = json.loads((ROOT / "results" / paper / "claims.json").read_text())
+    assert [r["id"] for r in ledger["claims"]] == list(criteria)
+    for row in ledger["claims"]:
+        claim = criteria[row["id"]]
+        assert row["criterion"] == claim.criterion and row["statement"] == claim.statement
+        assert len(row["revisions"]) == len(claim.revisions)
+        assert row["noise"]["source"] == claim.margin_source
+        assert row["verdict"] in claims.VERDICTS

@@ -1,4 +1,5 @@
-"""params.yaml loader: the real file loads, and every bad edit fails naming its dotted key."""
+"""params.yaml + profiles/<profile>.yaml loader: the real files load, every bad edit fails naming the file and its
+dotted key, and each profile is params.yaml with the profile's values merged on top."""
 
 from __future__ import annotations
 
@@ -9,15 +10,25 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lmrepro.config import PROFILES, Config, ConfigError, fingerprint, load_config
+from lmrepro.config import PROFILES, Config, ConfigError, derive, fingerprint, load_config, paper_schemas
 
-PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
-BASE = yaml.safe_load(PARAMS.read_text())
+ROOT = Path(__file__).resolve().parents[1]
+PARAMS = ROOT / "params.yaml"
+# The whole configuration as one dict: {"params": params.yaml, "profiles": {name: profiles/<name>.yaml}}.
+BASE = {"params": yaml.safe_load(PARAMS.read_text()),
+        "profiles": {p: yaml.safe_load((ROOT / "profiles" / f"{p}.yaml").read_text()) for p in PROFILES}}
 
 
 def _write(tmp_path: Path, data) -> Path:
+    """Write ``data`` (the BASE layout) as a project: params.yaml and profiles/*.yaml."""
     path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    path.write_text(yaml.safe_dump(data["params"], sort_keys=False))
+    folder = tmp_path / "profiles"
+    folder.mkdir(exist_ok=True)
+    for old in folder.glob("*.yaml"):
+        old.unlink()
+    for name, block in data["profiles"].items():
+        (folder / f"{name}.yaml").write_text(yaml.safe_dump(block, sort_keys=False))
     return path
 
 
@@ -53,19 +64,19 @@ S = "profiles.smoke"
 
 # (id, edit of the params dict, key the message must start with, extra words it must contain)
 REJECTIONS = [
-    ("unknown-top-level", _set("profilez", "smoke"), "profilez", "allowed"),
+    ("unknown-top-level", _set("params.profilez", "smoke"), "params.profilez", "allowed"),
     ("unknown-profile", _set("profiles.huge", copy.deepcopy(BASE["profiles"]["smoke"])), "profiles.huge", "smoke"),
-    ("missing-profile", _del("profiles.paper"), "profiles.paper", "missing"),
-    ("profile-huge", _set("profile", "huge"), "profile", "laptop"),
-    ("profiles-not-mapping", _set("profiles", ["smoke"]), "profiles", "mapping"),
+    ("missing-profile", _del("profiles.paper"), "profiles.paper", "not found"),
+    ("profile-huge", _set("params.profile", "huge"), "profile", "laptop"),
+    ("profile-not-mapping", _set("profiles.smoke", ["smoke"]), "profiles.smoke", "mapping"),
     ("section-not-mapping", _set(f"{S}.train", [1, 2]), f"{S}.train", "mapping"),
-    ("unknown-section", _set(f"{S}.trian", {}), f"{S}.trian", "allowed keys"),
+    ("unknown-section", _set(f"{S}.trian", {}), f"{S}.trian", "allowed"),
     ("unknown-key-train", _set(f"{S}.train.lr_rate", 0.1), f"{S}.train.lr_rate", "'lr'"),
     ("unknown-key-model", _set(f"{S}.model.n_heads", 2), f"{S}.model.n_heads", "'num_heads'"),
     ("unknown-key-hf", _set("profiles.paper.data.hf.subset", "x"), "profiles.paper.data.hf.subset", "'name'"),
-    ("missing-section", _del(f"{S}.tokenizer"), f"{S}.tokenizer", "missing"),
-    ("missing-key", _del(f"{S}.model.hidden_size"), f"{S}.model.hidden_size", "missing"),
-    ("missing-key-train", _del(f"{S}.train.lr"), f"{S}.train.lr", "missing"),
+    ("missing-section", _del(f"{S}.tokenizer"), "either.smoke.tokenizer.vocab_size", "missing"),
+    ("missing-key", _del(f"{S}.model.hidden_size"), "either.smoke.model.hidden_size", "missing"),
+    ("missing-key-train", _del(f"{S}.train.lr"), "either.smoke.train.lr", "missing"),
     ("str-for-int", _set(f"{S}.train.seq_len", "64"), f"{S}.train.seq_len", "integer"),
     ("float-for-int", _set(f"{S}.train.seq_len", 63.5), f"{S}.train.seq_len", "integer"),
     ("bool-for-int", _set(f"{S}.model.num_layers", True), f"{S}.model.num_layers", "integer"),
@@ -111,13 +122,37 @@ REJECTIONS = [
      "increasing"),
     ("wsd-overlap", _both(_set(f"{S}.train.schedule", "wsd"), _set(f"{S}.train.warmup_fraction", 0.5),
                           _set(f"{S}.train.decay_fraction", 0.6)), f"{S}.train.decay_fraction", "warmup_fraction"),
-    ("hf-without-hf", _del("profiles.paper.data.hf"), "profiles.paper.data.hf", "source is 'hf'"),
-    ("hf-missing-path", _del("profiles.paper.data.hf.path"), "profiles.paper.data.hf.path", "missing"),
-    ("profile-inside-profile", _set(f"{S}.profile", "smoke"), f"{S}.profile", "not allowed"),
+    ("hf-without-hf", _del("profiles.paper.data.hf"), "either.paper.data.hf", "source is 'hf'"),
+    ("hf-missing-path", _del("profiles.paper.data.hf.path"), "either.paper.data.hf.path", "missing"),
+    ("profile-inside-profile", _set(f"{S}.profile", "smoke"), f"{S}.profile", "allowed"),
+    # Shared values (params.yaml) are validated in every profile and named in params.yaml.
+    ("shared-bad", _set("params.eval.batch_size", 0), "params.eval.batch_size", "minimum"),
+    ("shared-paper-bad", _set("params.hybrid_attention.full_attention_every", 0),
+     "params.hybrid_attention.full_attention_every", "minimum"),
+    ("paper-profile-bad", _set("profiles.laptop.hybrid_attention.seq_len", 4),
+     "profiles.laptop.hybrid_attention.seq_len", "minimum"),
+    ("paper-unknown-key", _set("params.xformer.widths", [1]), "params.xformer.widths", "allowed keys"),
+    ("foreach-list-bad", _set("params.hybrid_attention.architectures", ["full", "swa-tiny"]),
+     "params.hybrid_attention.architectures", "'swa-small'"),
     # A broken profile fails even when another one is selected (here: the default, laptop).
     ("broken-paper", _set("profiles.paper.model.num_kv_heads", 5), "profiles.paper.model.num_kv_heads", "divide"),
     ("broken-smoke", _set(f"{S}.eval.batch_size", 0), f"{S}.eval.batch_size", "minimum"),
 ]
+
+
+
+
+def _expected(key: str) -> str:
+    """The message prefix for a table key: profiles.<p>.k → 'profiles/<p>.yaml: k', params.k → 'params.yaml: k',
+    either.<p>.k (a key missing from both files) → 'params.yaml or profiles/<p>.yaml: k'."""
+    head, _, rest = key.partition(".")
+    if head == "params":
+        return f"params.yaml: {rest}"
+    if head in ("profiles", "either"):
+        name, _, rest = rest.partition(".")
+        prefix = f"profiles/{name}.yaml" if head == "profiles" else f"params.yaml or profiles/{name}.yaml"
+        return f"{prefix}: {rest}" if rest else prefix
+    return key
 
 
 @pytest.mark.parametrize("profile", PROFILES)
@@ -131,12 +166,12 @@ def test_real_params_load(profile):
 
 
 def test_default_profile_is_the_files():
-    assert load_config(PARAMS).profile == BASE["profile"]
+    assert load_config(PARAMS).profile == BASE["params"]["profile"]
 
 
 def test_explicit_profile_overrides_file(tmp_path):
     data = copy.deepcopy(BASE)
-    data["profile"] = "laptop"
+    data["params"]["profile"] = "laptop"
     cfg = load_config(_write(tmp_path, data), profile="smoke")
     assert cfg.profile == "smoke" and cfg.model.hidden_size == BASE["profiles"]["smoke"]["model"]["hidden_size"]
 
@@ -155,14 +190,14 @@ def test_rejections(tmp_path, case_id, edit, key, words, selected):
     with pytest.raises(ConfigError) as info:
         load_config(_write(tmp_path, data), profile=selected)
     msg = str(info.value)
-    assert msg.startswith(f"{key}:"), msg
+    assert msg.startswith(f"{_expected(key)}:"), msg
     assert words in msg, msg
 
 
 def test_broken_paper_fails_when_loading_smoke(tmp_path):
     data = copy.deepcopy(BASE)
     data["profiles"]["paper"]["train"]["micro_batch_size"] = 7
-    with pytest.raises(ConfigError, match=r"^profiles\.paper\.train\.micro_batch_size:"):
+    with pytest.raises(ConfigError, match=r"^profiles/paper\.yaml: train\.micro_batch_size:"):
         load_config(_write(tmp_path, data), profile="smoke")
 
 
@@ -173,7 +208,7 @@ def test_requested_profile_unknown():
 
 def test_file_profile_checked_even_with_override(tmp_path):
     data = copy.deepcopy(BASE)
-    data["profile"] = "huge"
+    data["params"]["profile"] = "huge"
     with pytest.raises(ConfigError, match=r"^profile:"):
         load_config(_write(tmp_path, data), profile="smoke")
 
@@ -190,7 +225,7 @@ def test_unknown_key_lists_allowed(tmp_path):
 def test_non_string_keys(tmp_path):
     data = copy.deepcopy(BASE)
     data["profiles"]["smoke"]["train"].update({1: 2, "zz": 3})
-    with pytest.raises(ConfigError, match=r"^profiles\.smoke\.train\.(1|zz):"):
+    with pytest.raises(ConfigError, match=r"^profiles/smoke\.yaml: train\.(1|zz):"):
         load_config(_write(tmp_path, data))
 
 
@@ -202,15 +237,15 @@ def test_whole_float_accepted_as_int(tmp_path):
 
 
 def test_invalid_yaml(tmp_path):
-    path = tmp_path / "params.yaml"
-    path.write_text("profile: smoke\nprofiles: {smoke: [unclosed\n")
+    path = _write(tmp_path, copy.deepcopy(BASE))
+    path.write_text("profile: smoke\ndata: {seed: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(path)
 
 
-@pytest.mark.parametrize("text", ["", "- a\n- b\n", "just a string\n"])
+@pytest.mark.parametrize("text", ["- a\n- b\n", "just a string\n"])
 def test_not_a_mapping(tmp_path, text):
-    path = tmp_path / "params.yaml"
+    path = _write(tmp_path, copy.deepcopy(BASE))
     path.write_text(text)
     with pytest.raises(ConfigError, match="mapping"):
         load_config(path)
@@ -233,6 +268,39 @@ def test_fingerprint_stable_and_sensitive(tmp_path):
     assert fingerprint({"x": 1, "y": [1, 2]}) == fingerprint({"y": [1, 2], "x": 1})
     assert fingerprint({"x": 1}) != fingerprint({"x": 2})
     # The YAML round trip (deep copy with a different key order) gives the same fingerprint.
-    reordered = {"claims": copy.deepcopy(BASE["claims"]), "profiles": copy.deepcopy(BASE["profiles"]),
-                 "profile": BASE["profile"]}
+    reordered = {"profiles": copy.deepcopy(BASE["profiles"]),
+                 "params": dict(reversed(list(copy.deepcopy(BASE["params"]).items())))}
     assert fingerprint(load_config(_write(tmp_path, reordered), profile="smoke")) == fingerprint(a)
+
+
+def test_profile_merges_onto_shared_values(tmp_path):
+    """A shared value reaches every profile; a profile's value replaces it there only; mappings merge by key."""
+    data = copy.deepcopy(BASE)
+    data["params"]["hybrid_attention"]["probes"] = {"candidates": 6}
+    data["profiles"]["smoke"]["hybrid_attention"]["probes"] = {"candidates": 5, "samples": 48}
+    path = _write(tmp_path, data)
+    smoke, laptop = load_config(path, profile="smoke"), load_config(path, profile="laptop")
+    assert smoke.hybrid_attention.probes.candidates == 5 and smoke.hybrid_attention.probes.samples == 48
+    assert laptop.hybrid_attention.probes.candidates == 6
+    assert laptop.hybrid_attention.probes.samples == BASE["profiles"]["laptop"]["hybrid_attention"]["probes"]["samples"]
+    # lists are replaced, not merged
+    assert smoke.hybrid_attention.architectures == BASE["params"]["hybrid_attention"]["architectures"]
+
+
+def test_papers_found_by_folder_in_order():
+    assert list(paper_schemas()) == ["hybrid_attention", "xformer", "lora_alpha"]
+    cfg = load_config(PARAMS, profile="smoke")
+    assert list(cfg.papers) == list(paper_schemas())
+    assert cfg.xformer is cfg.papers["xformer"]
+    with pytest.raises(AttributeError, match="papers"):
+        cfg.not_a_paper  # noqa: B018
+
+
+def test_derive_validates_like_the_file():
+    cfg = load_config(PARAMS, profile="smoke")
+    half = derive(cfg.train, "train", lr=cfg.train.lr / 2)
+    assert half.lr == cfg.train.lr / 2 and half.seq_len == cfg.train.seq_len
+    with pytest.raises(ConfigError, match=r"^hybrid_attention\.train\.micro_batch_size:.*divide"):
+        derive(cfg.train, "hybrid_attention.train", micro_batch_size=3)
+    with pytest.raises(ConfigError, match=r"^x\.lr_rate: unknown key"):
+        derive(cfg.train, "x", lr_rate=1.0)

@@ -130,7 +130,7 @@ def test_lora_curvature_on_decoder_lm_matches_lanczos(make_spec):
     from scipy.sparse.linalg import LinearOperator, eigsh
 
     from lmrepro.lora import alpha_for, apply_lora, lora_layers, top_hessian_eigenvalue
-    from lmrepro.lora.curvature import twice_differentiable
+    from lmrepro.ops import twice_differentiable
     from lmrepro.models import DecoderLM
 
     torch.manual_seed(0)
@@ -140,7 +140,8 @@ def test_lora_curvature_on_decoder_lm_matches_lanczos(make_spec):
             if "lora_B" in name:
                 p.normal_(0, 0.05)
     batch = torch.randint(0, model.spec.vocab_size, (2, 8), generator=torch.Generator().manual_seed(0))
-    params = [p for _, (l, a) in lora_layers(model).items() for p in (l.lora_A[a].weight, l.lora_B[a].weight)]
+    params = [p for _, (layer, a) in lora_layers(model).items()
+              for p in (layer.lora_A[a].weight, layer.lora_B[a].weight)]
 
     def loss_of_output(logits):
         return F.cross_entropy(logits[:, :-1].flatten(0, 1), batch[:, 1:].flatten())

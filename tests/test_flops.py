@@ -6,14 +6,19 @@ from torch import nn
 
 from lmrepro.analysis.flops import (
     PF_DAY,
+    accounting,
     average_width,
     forward_flops,
     kv_cache_bytes_per_token,
+    model_parameters,
     parameter_count,
     pf_days,
+    projection_parameters,
     training_flops,
 )
-from lmrepro.models.width import width_schedule
+from lmrepro.models import DecoderLM, LMSpec
+from lmrepro.models.varwidth import readout_width
+from lmrepro.models.width import budget_deviation, wasted_parameters, width_schedule
 
 V_PAPER = 100263
 PAPER = [(16, 640), (24, 960), (32, 1280), (40, 1600)]
@@ -119,3 +124,43 @@ def test_paper_flop_and_kv_savings(L, h):
     # Brief: about 2.5-4.6% FLOPs and 10-11% average width at equal parameters.
     assert 0.02 <= flop_saving <= 0.05
     assert 0.09 <= kv_saving <= 0.12
+
+
+# ---------------------------------------------------------------------- accounting of a model spec
+
+X_WIDTHS = (48, 40, 32, 24, 16, 24, 48)  # an X shape around h = 32 (multiples of 2·heads)
+
+
+def _spec(widths=X_WIDTHS, expansion="carry", h=32, V=97):
+    return LMSpec(vocab_size=V, hidden_size=h, num_layers=len(widths) if widths else 4, num_heads=4,
+                  num_kv_heads=4, intermediate_size=4 * h, max_seq_len=64, tie_embeddings=False,
+                  widths=widths, expansion=expansion)
+
+
+@pytest.mark.parametrize("widths, expansion", [(None, "carry"), (X_WIDTHS, "carry"), (X_WIDTHS, "zero"),
+                                               (X_WIDTHS, "learned")])
+def test_model_parameters_match_the_instantiated_model(widths, expansion):
+    spec = _spec(widths, expansion)
+    actual = DecoderLM(spec).num_parameters()
+    assert model_parameters(spec) == actual
+    w = list(widths or [spec.hidden_size] * spec.num_layers)
+    extra_norm = readout_width(spec) - w[-1]  # the readout norm spans max(w_L, h)
+    assert actual == parameter_count(w, spec.hidden_size, spec.vocab_size) + extra_norm + projection_parameters(spec)
+
+
+def test_accounting_conventions():
+    s = 16
+    spec = _spec(expansion="learned")
+    acc = accounting(spec, s, 10 * s)
+    w = X_WIDTHS
+    proj = sum(a * b for a, b in zip(w, w[1:]) if a != b)
+    assert acc["projection_parameters"] == proj > 0 and projection_parameters(_spec()) == 0
+    assert acc["forward_flops"] == pytest.approx(forward_flops(w, spec.hidden_size, spec.vocab_size, s) + 2 * s * proj)
+    assert acc["train_flops"] == pytest.approx(3 * acc["forward_flops"] * 10)
+    assert acc["kv_bytes_per_token"] == 2 * 2 * sum(w)
+    assert acc["wasted_parameters"] == wasted_parameters(w, spec.hidden_size) > 0
+    assert acc["effective_parameters"] == acc["parameters"] - acc["wasted_parameters"]
+    assert acc["budget_deviation"] == budget_deviation(w, spec.hidden_size, spec.vocab_size)
+    assert (acc["min_width"], acc["max_width"], acc["average_width"]) == (16, 48, sum(w) / len(w))
+    base = accounting(_spec(None), s, 10 * s)
+    assert base["wasted_parameters"] == 0 and base["budget_deviation"] == 0 and base["average_width"] == 32

@@ -76,7 +76,7 @@ def test_every_architecture_is_causal_and_trains(name):
 
 
 def test_hybrid_pattern_puts_full_attention_last_in_each_group_and_nope_only_there():
-    assert hybrid_pattern(8, "swa-16", 4, full_attention_rope=False) == ["swa-16"] * 3 + ["full-nope"] + ["swa-16"] * 3 + ["full-nope"]
+    assert hybrid_pattern(8, "swa-16", 4, full_attention_rope=False) == (["swa-16"] * 3 + ["full-nope"]) * 2
     assert hybrid_pattern(3, "full", None) == ["full"] * 3
     assert hybrid_pattern(3, "full", None, full_attention_rope=False) == ["full-nope"] * 3
     assert parse_layer_token("swa-128-nope") == ("attention", 128, False)

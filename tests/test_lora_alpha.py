@@ -212,7 +212,7 @@ def test_layerwise_pattern_reaches_peft_and_matches_curvature_through_peft(base_
     """The derivation, checked through PEFT's own forward: with the rule's A and s, the curvature of the loss
     over B along Adam's first step −sign(∇_B L) equals the full weight's along −sign(∇_W L)."""
     from lmrepro.lora import alpha_for, apply_lora, layerwise_report, lora_layers
-    from lmrepro.lora.curvature import twice_differentiable
+    from lmrepro.ops import twice_differentiable
 
     r = 2
     model = copy.deepcopy(base_model).double()

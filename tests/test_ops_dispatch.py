@@ -3,6 +3,7 @@ backends, logging once per (op, backend), and the provenance registry."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import pytest
@@ -196,3 +197,52 @@ def test_automatic_rule_on_cuda(monkeypatch):
     monkeypatch.setattr(dispatch, "_installed", lambda module: False)
     assert select_backend("gated_delta_rule", device=cuda) == "chunked"
     assert select_backend("attention", device=cuda, dtype=bf16) == "sdpa"
+
+
+# (op, how, device) -> backend chosen inside twice_differentiable(); "auto" or a forced backend name.
+TWICE_TABLE = [
+    ("attention", "auto", "cpu", "sdpa"),
+    ("attention", "auto", "cuda", "sdpa"),  # flash (bf16) is replaced
+    ("attention", "naive", "cpu", "naive"),
+    ("attention", "sdpa", "cuda", "sdpa"),
+    ("attention", "flex", "cpu", "sdpa"),
+    ("attention", "flash", "cuda", "sdpa"),
+    *[(op, how, dev, want) for op in LINEAR_OPS for how, dev, want in [
+        ("auto", "cpu", "chunked"), ("auto", "cuda", "chunked"), ("naive", "cpu", "naive"),
+        ("chunked", "cuda", "chunked"), ("fla", "cuda", "chunked")]],
+]
+
+
+@pytest.mark.parametrize("op, how, dev, want", TWICE_TABLE)
+def test_twice_differentiable_restricts_backends(monkeypatch, op, how, dev, want):
+    from lmrepro.ops import dispatch, twice_differentiable
+
+    monkeypatch.setattr(dispatch, "_installed", lambda module: True)  # pretend every kernel is installed
+    forced = force_backend({op: how}) if how != "auto" else contextlib.nullcontext()
+    with forced:
+        outside = select_backend(op, device=dev, dtype=torch.bfloat16)
+        with twice_differentiable():
+            assert select_backend(op, device=dev, dtype=torch.bfloat16) == want
+            assert want in dispatch.TWICE_DIFFERENTIABLE[op]
+        assert select_backend(op, device=dev, dtype=torch.bfloat16) == outside  # restored
+
+
+def test_twice_differentiable_explicit_kernel_raises_and_sdpa_is_math_only():
+    from lmrepro.ops import twice_differentiable
+
+    flags = torch.backends.cuda.flash_sdp_enabled(), torch.backends.cuda.math_sdp_enabled()
+    with twice_differentiable():
+        assert not torch.backends.cuda.flash_sdp_enabled() and torch.backends.cuda.math_sdp_enabled()
+        assert select_backend("attention", "naive") == "naive"
+        with pytest.raises(BackendUnavailableError, match="double backward"):
+            select_backend("gated_delta_rule", "fla", device="cuda")
+        with pytest.raises(BackendUnavailableError, match="double backward"):
+            select_backend("attention", "flex")
+        # A double backward through attention and a linear op works on the chosen paths.
+        x = torch.randn(1, 5, 2, 4, dtype=torch.float64, requires_grad=True)
+        g = torch.full((1, 5, 2), -0.1, dtype=torch.float64)
+        out = attention(x, x, x).sum() + gated_delta_rule(x, x, x, g, torch.full_like(g, 0.5))[0].pow(2).sum()
+        (grad,) = torch.autograd.grad(out, x, create_graph=True)
+        (hv,) = torch.autograd.grad(grad, x, grad_outputs=torch.ones_like(grad))
+        assert torch.isfinite(hv).all()
+    assert (torch.backends.cuda.flash_sdp_enabled(), torch.backends.cuda.math_sdp_enabled()) == flags

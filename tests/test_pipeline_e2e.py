@@ -19,16 +19,17 @@ BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.slow
 
 
-def _run(cmd: list[str], cwd: Path, timeout: int = 900) -> subprocess.CompletedProcess:
+def _run(cmd: list[str], cwd: Path, timeout: int = 2400) -> subprocess.CompletedProcess:
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(cwd / "src"),
            "DVC_NO_ANALYTICS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def _set_params(repo: Path, edit) -> None:
-    params = yaml.safe_load((repo / "params.yaml").read_text())
+def _set_params(repo: Path, edit, name: str = "params.yaml") -> None:
+    """Edit params.yaml, or a profile file (``name="profiles/smoke.yaml"``), as data."""
+    params = yaml.safe_load((repo / name).read_text())
     edit(params)
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (repo / name).write_text(yaml.safe_dump(params, sort_keys=False))
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +56,7 @@ def test_repro_produces_metrics_figures_and_notebooks(repo):
     metrics = json.loads((repo / "results/foundation/metrics.json").read_text())
     assert all(isinstance(v, (int, float)) and math.isfinite(v) for v in metrics.values())
     # A trained model beats the uniform distribution over the vocabulary by a clear margin.
-    vocab = yaml.safe_load((repo / "params.yaml").read_text())["profiles"]["smoke"]["tokenizer"]["vocab_size"]
+    vocab = yaml.safe_load((repo / "profiles/smoke.yaml").read_text())["tokenizer"]["vocab_size"]
     assert metrics["val_loss"] < math.log(vocab) - 0.3
     for fig in ("training_curve", "loss_by_position", "budget_losses"):
         assert (repo / f"results/foundation/figures/{fig}.png").stat().st_size > 1000
@@ -85,16 +86,16 @@ def test_repro_with_nothing_changed_is_a_no_op(repo):
 
 
 def test_invalid_parameter_fails_the_stage_visibly_and_checkpoints_survive(repo):
-    original = (repo / "params.yaml").read_text()
+    original = (repo / "profiles/smoke.yaml").read_text()
     try:
-        _set_params(repo, lambda p: p["profiles"]["smoke"]["train"].update(lr=-1.0))
+        _set_params(repo, lambda p: p["train"].update(lr=-1.0), "profiles/smoke.yaml")
         out = _run(["dvc", "repro"], repo)
         assert out.returncode != 0
         text = out.stdout + out.stderr
-        assert "profiles.smoke.train.lr" in text and "below the minimum" in text
+        assert "profiles/smoke.yaml: train.lr" in text and "below the minimum" in text
         assert any((repo / "data/checkpoints/baseline").rglob("state.json"))
     finally:
-        (repo / "params.yaml").write_text(original)
+        (repo / "profiles/smoke.yaml").write_text(original)
     # Fixed again: the pretrain stage resumes from its persistent checkpoint instead of retraining.
     out = _run(["dvc", "repro"], repo)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
@@ -102,18 +103,30 @@ def test_invalid_parameter_fails_the_stage_visibly_and_checkpoints_survive(repo)
 
 
 def test_every_paper_writes_a_claims_ledger_with_computed_verdicts(repo):
-    from lmrepro.analysis.claims import VERDICTS
+    from lmrepro.analysis.claims import VERDICTS, load_criteria
+    from lmrepro.config import paper_schemas
 
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    for paper, criteria in params["claims"].items():
+    summary = json.loads((repo / "results/summary.json").read_text())
+    for paper in paper_schemas():
+        criteria = load_criteria(repo / f"pipelines/{paper}/claims.yaml")
         ledger = json.loads((repo / f"results/{paper}/claims.json").read_text())
         assert ledger["profile"] == "smoke"
         assert [c["id"] for c in ledger["claims"]] == list(criteria)
         for row in ledger["claims"]:
             assert row["verdict"] in VERDICTS
             assert row["value"] is None or math.isfinite(row["value"])
+            assert {"precondition", "noise", "revisions", "by_construction"} <= set(row)
+        # one publish path: every paper has the same three files, and flat finite metrics
+        metrics = json.loads((repo / f"results/{paper}/metrics.json").read_text())
+        assert all(isinstance(v, (int, float)) and math.isfinite(v) for v in metrics.values())
+        assert {f"{cid}_reproduced" for cid in criteria} <= set(metrics)
+        assert (repo / f"results/{paper}/claims.md").read_text().startswith("_smoke profile_")
         figures = list((repo / f"results/{paper}/figures").glob("*.png"))
         assert figures, f"{paper}: no figures"
+        assert summary["papers"][paper]["claims"] == len(criteria)
+    # every stage of every pipeline file ran and is recorded: nothing left to do
+    status = _run(["dvc", "status", "--json"], repo)
+    assert status.returncode == 0 and json.loads(status.stdout or "{}") == {}, status.stdout[-3000:]
 
 
 def test_xformer_runs_are_trained_at_matched_parameters(repo):

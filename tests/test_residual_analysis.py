@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lmrepro.analysis.residual import (
+from lmrepro.eval.residual import (
     activation_density,
     logit_lens,
     matrix_entropy,

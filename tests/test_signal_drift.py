@@ -100,11 +100,11 @@ def test_signal_plus_drift_is_the_weight_change(tiny_lm):
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     probe = SignalDrift(model, capture_grads=False)
     for step in range(2):  # step 0 moves only B (B = 0 at init); step 1 moves both
-        delta_before = {n: l.get_delta_weight(a).detach().clone() for n, (l, a) in lora_layers(model).items()}
+        delta_before = {n: layer.get_delta_weight(a).detach().clone() for n, (layer, a) in lora_layers(model).items()}
         optimizer.zero_grad()
         _loss(model, _batch(tiny_lm, step)).backward()
-        snapshot = {n: (l.lora_A[a].weight.detach().clone(), l.lora_B[a].weight.detach().clone())
-                    for n, (l, a) in lora_layers(model).items()}
+        snapshot = {n: (layer.lora_A[a].weight.detach().clone(), layer.lora_B[a].weight.detach().clone())
+                    for n, (layer, a) in lora_layers(model).items()}
         probe.before_step()
         optimizer.step()
         stats = probe.after_step()

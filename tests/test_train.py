@@ -358,3 +358,22 @@ def test_trainer_rejects_inconsistent_setups(spec, make_spec, make_train_config,
     bad = replace(make_train_config(), micro_batch_size=3)
     with pytest.raises(ValueError, match="micro_batch_size"):
         Trainer(spec, bad, train, tmp_path / "o", tmp_path / "c", progress=False)
+
+
+@pytest.mark.parametrize("precision, device, want", [
+    ("auto", "cpu", None), ("auto", "cuda", torch.bfloat16), ("fp32", "cpu", None), ("fp32", "cuda", None),
+    ("bf16", "cpu", torch.bfloat16), ("bf16", "cuda", torch.bfloat16),
+])
+def test_autocast_dtype_table(precision, device, want):
+    """The shared rule (lmrepro.train.device): fine-tuning autocasts bf16 anywhere; the Trainer (strict)
+    refuses bf16 without CUDA and otherwise agrees."""
+    from lmrepro.train.device import autocast_dtype, default_device
+
+    assert autocast_dtype(precision, device) is want
+    if precision == "bf16" and device == "cpu":
+        with pytest.raises(ValueError, match="needs a CUDA device"):
+            autocast_dtype(precision, device, strict=True)
+    else:
+        assert autocast_dtype(precision, device, strict=True) is want
+    assert autocast_dtype(precision) is autocast_dtype(precision, default_device())
+    assert default_device().type == ("cuda" if torch.cuda.is_available() else "cpu")

@@ -30,17 +30,21 @@ TIMEOUT_S = 240  # a hung collective (one rank dead, the other waiting) must not
 
 
 def shrink_params(src: Path, dst: Path, vocab_size: int) -> None:
-    """Copy params.yaml (all three profiles) with a tiny smoke profile: 6 steps of 8 × 16 tokens."""
+    """Copy params.yaml and the three profile files, with a tiny smoke profile: 6 steps of 8 × 16 tokens."""
     raw = yaml.safe_load(src.read_text())
-    smoke = raw["profiles"]["smoke"]
+    raw["profile"] = "smoke"
+    dst.write_text(yaml.safe_dump(raw, sort_keys=False))
+    (dst.parent / "profiles").mkdir(exist_ok=True)
+    for name in ("laptop", "paper"):
+        shutil.copy(src.parent / "profiles" / f"{name}.yaml", dst.parent / "profiles" / f"{name}.yaml")
+    smoke = yaml.safe_load((src.parent / "profiles" / "smoke.yaml").read_text())
     smoke["tokenizer"]["vocab_size"] = vocab_size
     smoke["model"] = {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "intermediate_size": 64, "max_seq_len": 16}
     smoke["train"] = {"seq_len": 16, "batch_size": 8, "micro_batch_size": 4, "max_tokens": 6 * 8 * 16, "lr": 3e-3,
                       "warmup_fraction": 0.2, "checkpoint_tokens": [256], "save_every_steps": 3,
                       "eval_every_steps": 3, "eval_windows": 2, "precision": "fp32"}
     smoke["eval"] = {"seq_len": 16, "batch_size": 4, "max_windows": 4}
-    raw["profile"] = "smoke"
-    dst.write_text(yaml.safe_dump(raw, sort_keys=False))
+    (dst.parent / "profiles" / "smoke.yaml").write_text(yaml.safe_dump(smoke, sort_keys=False))
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,11 @@ import pytest
 from lmrepro.models.width import (
     BLOCK_PARAM_FACTOR,
     SHAPES,
+    budget_deviation,
+    matched_widths,
+    rematch_widths,
     schedule_budget,
+    shape_ok,
     wasted_parameters,
     width_schedule,
     x_profile,
@@ -184,3 +188,36 @@ def test_default_bottleneck_rounds_half_up():
     # 0.75 * 6 = 4.5 -> 5 (half up, not Python's round-half-to-even 4).
     assert x_profile(64, 6, 100).bottleneck_layer == 5
     assert math.isclose(min(x_profile(64, 6, 100).widths), 0.3 * 64, rel_tol=1e-9)
+
+
+# ---------------------------------------------------------------------- shapes kept after rounding
+
+
+@pytest.mark.parametrize("widths, shape, turning, ok", [
+    ([8, 6, 4, 2, 4, 8], "x", 4, True), ([8, 6, 4, 5, 4, 8], "x", 4, False), ([8, 8, 4, 4, 4, 8], "x", 4, True),
+    ([2, 4, 8, 4, 2], "diamond", 3, True), ([2, 4, 8, 9, 2], "diamond", 3, False),
+    ([1, 2, 2, 3], "increasing", 1, True), ([1, 3, 2], "increasing", 1, False),
+    ([3, 2, 2, 1], "decreasing", 3, True), ([3, 1, 2], "decreasing", 3, False),
+])
+def test_shape_ok(widths, shape, turning, ok):
+    assert shape_ok(widths, shape, turning) is ok
+
+
+@pytest.mark.parametrize("h, shape", [(64, "x"), (96, "x"), (96, "diamond"), (96, "increasing"), (128, "decreasing")])
+def test_rematch_never_worsens_and_keeps_the_shape(h, shape):
+    lstar = 6 if shape in ("x", "diamond") else None
+    raw = width_schedule(h, 8, 4096, shape=shape, bottleneck_layer=lstar, quantize=16, num_heads=4)
+    turning = {"x": 6, "diamond": 6, "increasing": 1, "decreasing": 8}[shape]
+    fixed = rematch_widths(raw, h, 4096, shape, turning, 16)
+    assert abs(budget_deviation(fixed, h, 4096)) <= abs(budget_deviation(raw, h, 4096))
+    assert shape_ok(fixed, shape, turning) and all(w % 16 == 0 and w >= 16 for w in fixed)
+    if shape == "x":
+        assert fixed[0] == fixed[-1]
+
+
+def test_rematch_fixes_a_coarse_rounding():
+    # h = 64, quantize 16: rounding alone leaves the X model +5% over budget.
+    raw = [112, 80, 48, 32, 32, 16, 48, 112]
+    assert budget_deviation(raw, 64, 4096) > 0.04
+    fixed = matched_widths(64, 8, 4096, "x", ratio=0.3, turning=6, quantize=16, num_heads=4)
+    assert abs(budget_deviation(fixed, 64, 4096)) < 0.005 and min(fixed) == 16

@@ -1,10 +1,10 @@
-"""Paper 2 (><former) pipeline: config validation, widths and parameter matching, run specs and accounting,
-paper-scale sizes, claim metrics on hand-made tables, and the smoke profile end to end (slow)."""
+"""Paper 2 (><former) pipeline: config validation, the DVC stages, run specs and their parameter matching and
+accounting, paper-scale sizes, claim metrics on hand-made tables. (The width algorithms are tested in
+test_width.py, the accounting in test_flops.py, the whole pipeline at the smoke profile in test_pipeline_e2e.py.)"""
 
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -12,16 +12,20 @@ import pandas as pd
 import pytest
 import yaml
 
-from lmrepro.analysis.claims import VERDICTS, build_ledger
-from lmrepro.analysis.flops import forward_flops, parameter_count
-from lmrepro.config import ConfigError, load_config
+from lmrepro.analysis.claims import CLAIMS_FILE, build_ledger, load_criteria
+from lmrepro.analysis.flops import accounting, model_parameters, parameter_count, projection_parameters
+from lmrepro.config import ConfigError, derive, load_config
 from lmrepro.config.schema_tools import build
-from lmrepro.config.xformer import VARIANTS, XformerConfig, turning_layer
 from lmrepro.models import DecoderLM
 from lmrepro.models.varwidth import block_widths, readout_width
-from lmrepro.papers import xformer, xformer_report
+from lmrepro.models.width import budget_deviation
+from lmrepro.papers.xformer import artifacts, report, runs
+from lmrepro.papers.xformer.config import VARIANTS, XformerConfig, turning_layer
+from lmrepro.paths import Paths
 
 ROOT = Path(__file__).resolve().parents[1]
+PIPELINE = ROOT / "pipelines" / "xformer"
+PROFILES = ("smoke", "laptop", "paper")
 
 # Matched budget (2·V·h + 16·Σw² − wasted) of every run vs the baseline of its size, after rounding and
 # re-matching: within this at laptop scale (the laptop profile's match_tolerance is 1%; we get ≤ 0.2%).
@@ -35,7 +39,12 @@ def params_path() -> Path:
 
 @pytest.fixture(scope="module")
 def configs(params_path):
-    return {p: load_config(params_path, profile=p) for p in ("smoke", "laptop", "paper")}
+    return {p: load_config(params_path, profile=p) for p in PROFILES}
+
+
+@pytest.fixture(scope="module")
+def criteria():
+    return load_criteria(PIPELINE / CLAIMS_FILE)
 
 
 # ---------------------------------------------------------------------------------------------- config
@@ -87,79 +96,83 @@ def test_invalid_section_names_the_key(edits, key, words):
     assert str(err.value).startswith(key + ":") and words in str(err.value)
 
 
-def test_every_profile_defines_the_xformer_section(configs, params_path):
+def test_every_profile_defines_the_xformer_section(configs, criteria):
     for profile, cfg in configs.items():
         assert cfg.xformer is not None, profile
         assert len(cfg.xformer.sizes) >= 3 and cfg.xformer.ablation_size in cfg.xformer.sizes
-    assert set(configs["laptop"].claims["xformer"]) >= {"c1_loss_equal_params", "c3_carry_beats_zero",
-                                                        "c4_x_beats_shapes", "c5_x_avoids_valley"}
+    assert set(criteria) >= {"c1_loss_equal_params", "c3_carry_beats_zero", "c4_x_beats_shapes", "c5_x_avoids_valley"}
 
 
-def test_dvc_stage_params_exist_in_every_profile(params_path):
-    """DVC refuses a stage whose `params:` key is missing from params.yaml."""
+def _has(node, dotted: str) -> bool:
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+@pytest.fixture(scope="module")
+def stages() -> dict:
+    return yaml.safe_load((PIPELINE / "dvc.yaml").read_text())["stages"]
+
+
+def test_dvc_stage_params_exist_in_every_profile(params_path, stages):
+    """DVC refuses a stage whose `params:` key is missing from the file it is listed under."""
+    assert set(stages) == {"pretrain", "evaluate", "analyze", "report"}
     params = yaml.safe_load(params_path.read_text())
-    stages = {n: s for n, s in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"].items() if n.startswith("xformer-")}
-    keys = set()
-    for stage in stages.values():
-        body = stage.get("do", stage)
-        keys |= {k for k in body.get("params", []) if ".xformer." in k or k.startswith("claims.")}
-    for profile in ("smoke", "laptop", "paper"):
-        for key in keys:
-            node = params
-            for part in key.replace("${profile}", profile).split("."):
-                assert isinstance(node, dict) and part in node, f"{key} missing for profile {profile}"
-                node = node[part]
-    # foreach over the fixed variant list, whatever the profile
-    assert stages["xformer-pretrain"]["foreach"] == list(VARIANTS)
+    for name, stage in stages.items():
+        for entry in stage.get("do", stage).get("params", []):
+            if isinstance(entry, str):
+                assert _has(params, entry), f"{name}: {entry} missing from params.yaml"
+                continue
+            for file, keys in entry.items():
+                for profile in PROFILES:
+                    path = ROOT / file.replace("${profile}", profile)
+                    data = yaml.safe_load(path.read_text())
+                    for key in keys:
+                        assert _has(data, key), f"{name}: {key} missing from {path.relative_to(ROOT)}"
+    # foreach over the fixed variant list (params.yaml), whatever the profile
+    assert stages["pretrain"]["foreach"] == "${xformer.variants}" and params["xformer"]["variants"] == list(VARIANTS)
 
 
-# ---------------------------------------------------------------------------------------------- widths
+def test_dvc_stages_use_the_artifact_names(stages):
+    """The pipeline's outputs are the paths ``artifacts`` gives the notebooks (relative to the root)."""
+    paths = Paths(ROOT)
 
-@pytest.mark.parametrize("widths, shape, turning, ok", [
-    ([8, 6, 4, 2, 4, 8], "x", 4, True), ([8, 6, 4, 5, 4, 8], "x", 4, False), ([8, 8, 4, 4, 4, 8], "x", 4, True),
-    ([2, 4, 8, 4, 2], "diamond", 3, True), ([2, 4, 8, 9, 2], "diamond", 3, False),
-    ([1, 2, 2, 3], "increasing", 1, True), ([1, 3, 2], "increasing", 1, False),
-    ([3, 2, 2, 1], "decreasing", 3, True), ([3, 1, 2], "decreasing", 3, False),
-])
-def test_shape_ok(widths, shape, turning, ok):
-    assert xformer.shape_ok(widths, shape, turning) is ok
+    def rel(path: Path) -> str:
+        return str(path.relative_to(ROOT))
 
+    def outs(stage: str, kind: str = "outs") -> set[str]:
+        body = stages[stage].get("do", stages[stage])
+        return {next(iter(o)) if isinstance(o, dict) else o for o in body.get(kind, [])}
 
-@pytest.mark.parametrize("h, shape", [(64, "x"), (96, "x"), (96, "diamond"), (96, "increasing"), (128, "decreasing")])
-def test_rematch_never_worsens_and_keeps_the_shape(h, shape):
-    from lmrepro.models.width import width_schedule
-
-    lstar = 6 if shape in ("x", "diamond") else None
-    raw = width_schedule(h, 8, 4096, shape=shape, bottleneck_layer=lstar, quantize=16, num_heads=4)
-    turning = {"x": 6, "diamond": 6, "increasing": 1, "decreasing": 8}[shape]
-    fixed = xformer.rematch_widths(raw, h, 4096, shape, turning, 16)
-    assert abs(xformer.budget_deviation(fixed, h, 4096)) <= abs(xformer.budget_deviation(raw, h, 4096))
-    assert xformer.shape_ok(fixed, shape, turning) and all(w % 16 == 0 and w >= 16 for w in fixed)
-    if shape == "x":
-        assert fixed[0] == fixed[-1]
+    dirs = artifacts.run_dirs(paths, "${item}", "s")
+    assert {rel(artifacts.models(paths, "${item}")), rel(artifacts.checkpoints(paths, "${item}")),
+            rel(artifacts.train_dir(paths, "${item}"))} <= outs("pretrain")
+    assert dirs["log"].parent == artifacts.train_dir(paths, "${item}") == dirs["provenance"].parent
+    assert {rel(artifacts.runs_table(paths)), rel(artifacts.window_losses(paths))} <= outs("evaluate")
+    assert outs("evaluate", "metrics") == {rel(artifacts.evaluation(paths))}
+    assert outs("analyze") >= {rel(artifacts.analysis_dir(paths))}
+    assert rel(artifacts.loss_matched_fits(paths)) in outs("report")
+    assert outs("report", "metrics") == {"results/xformer/metrics.json"}  # written by publish
+    assert outs("report", "plots") == {rel(artifacts.figures(paths))}
 
 
-def test_rematch_fixes_a_coarse_rounding():
-    # h = 64, quantize 16: rounding alone leaves the X model +5% over budget.
-    raw = [112, 80, 48, 32, 32, 16, 48, 112]
-    assert xformer.budget_deviation(raw, 64, 4096) > 0.04
-    fixed = xformer.matched_widths(64, 8, 4096, "x", ratio=0.3, turning=6, quantize=16, num_heads=4)
-    assert abs(xformer.budget_deviation(fixed, 64, 4096)) < 0.005 and min(fixed) == 16
-
+# ---------------------------------------------------------------------------------------------- runs
 
 @pytest.mark.parametrize("profile", ["smoke", "laptop"])
 def test_every_run_is_a_valid_parameter_matched_spec(configs, profile):
     cfg = configs[profile]
     x = cfg.xformer
     for variant, size in x.runs():
-        spec = xformer.run_spec(cfg, variant, size)
+        spec = runs.run_spec(cfg, variant, size)
         s = x.sizes[size]
         assert (spec.hidden_size, spec.num_layers, spec.num_heads, spec.num_kv_heads) == \
                (s.hidden_size, s.num_layers, s.num_heads, s.num_heads)
         assert not spec.tie_embeddings and spec.vocab_size == cfg.tokenizer.vocab_size
         w = block_widths(spec)
         assert all(wi % x.quantize == 0 and (wi // s.num_heads) % 2 == 0 for wi in w)
-        dev = xformer.budget_deviation(w, s.hidden_size, spec.vocab_size)
+        dev = budget_deviation(w, s.hidden_size, spec.vocab_size)
         assert abs(dev) <= x.match_tolerance
         if profile == "laptop":
             assert abs(dev) <= LAPTOP_MATCH, (variant, size, w, dev)
@@ -172,22 +185,22 @@ def test_every_run_is_a_valid_parameter_matched_spec(configs, profile):
             assert w[0] == w[-1] > s.hidden_size and min(w) == w[lstar - 1]
     # zero and learned are the X widths; only the residual rule differs
     ab = x.ablation_size
-    assert xformer.run_spec(cfg, "zero", ab).widths == xformer.run_spec(cfg, "x", ab).widths \
-        == xformer.run_spec(cfg, "learned", ab).widths
+    assert runs.run_spec(cfg, "zero", ab).widths == runs.run_spec(cfg, "x", ab).widths \
+        == runs.run_spec(cfg, "learned", ab).widths
 
 
 def test_laptop_parameter_counts_match_the_instantiated_models(configs):
     cfg = configs["laptop"]
     base = {}
     for variant, size in cfg.xformer.runs():
-        spec = xformer.run_spec(cfg, variant, size)
+        spec = runs.run_spec(cfg, variant, size)
         actual = DecoderLM(spec).num_parameters()
-        assert xformer.model_parameters(spec) == actual
+        assert model_parameters(spec) == actual
         w = block_widths(spec)
         extra_norm = readout_width(spec) - w[-1]  # the readout norm spans max(w_L, h)
         assert actual == parameter_count(w, spec.hidden_size, spec.vocab_size) + extra_norm \
-            + xformer.projection_parameters(spec)
-        acc = xformer.accounting(spec, cfg.xformer.seq_len, 1000)
+            + projection_parameters(spec)
+        acc = accounting(spec, cfg.xformer.seq_len, 1000)
         if variant == "baseline":
             base[size] = acc
         else:  # effective parameters (without the wasted slices) within 0.5% of the baseline's
@@ -196,24 +209,11 @@ def test_laptop_parameter_counts_match_the_instantiated_models(configs):
             assert acc["average_width"] < base[size]["average_width"]
 
 
-def test_accounting_conventions(configs):
-    cfg = configs["laptop"]
-    s = cfg.xformer.seq_len
-    spec = xformer.run_spec(cfg, "learned", cfg.xformer.ablation_size)
-    acc = xformer.accounting(spec, s, 10 * s)
-    w = block_widths(spec)
-    proj = sum(a * b for a, b in zip(w, w[1:]) if a != b)
-    assert acc["projection_parameters"] == proj > 0
-    assert acc["forward_flops"] == pytest.approx(forward_flops(w, spec.hidden_size, spec.vocab_size, s) + 2 * s * proj)
-    assert acc["train_flops"] == pytest.approx(3 * acc["forward_flops"] * 10)
-    assert acc["kv_bytes_per_token"] == 2 * 2 * sum(w)
-
-
 def test_train_config_is_shared_by_every_run_of_a_size(configs):
     cfg = configs["laptop"]
     x = cfg.xformer
     for size, s in x.sizes.items():
-        tc = xformer.train_config(cfg, size)
+        tc = runs.train_config(cfg, size)
         tc.check("t")
         assert tc.seq_len == x.seq_len and tc.seed == x.seed and tc.lr == x.lr_of(size)
         step = x.batch_size * x.seq_len
@@ -242,16 +242,16 @@ def test_paper_sizes_are_near_nominal_with_the_papers_vocabulary(configs, size):
     import dataclasses
 
     cfg = configs["paper"]
-    cfg = dataclasses.replace(cfg, tokenizer=dataclasses.replace(cfg.tokenizer, vocab_size=CL100K))
+    cfg = dataclasses.replace(cfg, tokenizer=derive(cfg.tokenizer, "tokenizer", vocab_size=CL100K))
     s = cfg.xformer.sizes[size]
-    base = xformer.run_spec(cfg, "baseline", size)
-    n = xformer.model_parameters(base)
+    base = runs.run_spec(cfg, "baseline", size)
+    n = model_parameters(base)
     assert -0.05 < n / NOMINAL[size] - 1 < 0.20, n
     assert n == parameter_count([s.hidden_size] * s.num_layers, s.hidden_size, CL100K)
-    xs = xformer.run_spec(cfg, "x", size)
-    assert abs(xformer.budget_deviation(xs.widths, s.hidden_size, CL100K)) < 0.01
+    xs = runs.run_spec(cfg, "x", size)
+    assert abs(budget_deviation(xs.widths, s.hidden_size, CL100K)) < 0.01
     # the paper's savings at equal parameters: ~10–11% average width, a few % FLOPs
-    acc_b, acc_x = (xformer.accounting(sp, 4096, 1e9) for sp in (base, xs))
+    acc_b, acc_x = (accounting(sp, 4096, 1e9) for sp in (base, xs))
     assert 0.87 < acc_x["average_width"] / acc_b["average_width"] < 0.91
     assert 0.95 < acc_x["forward_flops"] / acc_b["forward_flops"] < 0.99
 
@@ -259,9 +259,9 @@ def test_paper_sizes_are_near_nominal_with_the_papers_vocabulary(configs, size):
 def test_paper_profile_runs_with_its_own_vocabulary(configs):
     cfg = configs["paper"]
     for variant, size in cfg.xformer.runs():
-        spec = xformer.run_spec(cfg, variant, size)
+        spec = runs.run_spec(cfg, variant, size)
         s = cfg.xformer.sizes[size]
-        assert abs(xformer.budget_deviation(block_widths(spec), s.hidden_size, spec.vocab_size)) < 0.01
+        assert abs(budget_deviation(block_widths(spec), s.hidden_size, spec.vocab_size)) < 0.01
 
 
 # ---------------------------------------------------------------------------------------------- report metrics
@@ -275,13 +275,13 @@ def test_paper_profile_runs_with_its_own_vocabulary(configs):
     ([0.7, 0.7, 0.7], 0.0),
 ])
 def test_valley_depth(profile, depth):
-    assert xformer_report.valley_depth(profile) == pytest.approx(depth)
+    assert report.valley_depth(profile) == pytest.approx(depth)
 
 
 @pytest.mark.parametrize("bad", [[0.5, 0.4], [0.5, float("nan"), 0.6], [[0.1, 0.2, 0.3]]])
 def test_valley_depth_rejects_bad_input(bad):
     with pytest.raises(ValueError):
-        xformer_report.valley_depth(bad)
+        report.valley_depth(bad)
 
 
 def _tables(losses: dict[tuple[str, str], float], entropies: dict[tuple[str, str], list[float]]):
@@ -305,7 +305,7 @@ def _tables(losses: dict[tuple[str, str], float], entropies: dict[tuple[str, str
     return {"runs": pd.DataFrame(rows), "windows": pd.DataFrame(windows), "entropy": pd.DataFrame(ent)}
 
 
-def test_claim_values_on_a_hand_made_table(configs):
+def test_claim_values_on_a_hand_made_table(criteria):
     # X better by 0.03 at every size; carry < zero < learned; x beats every other shape; baseline valley.
     losses = {("baseline", "s1"): 4.00, ("baseline", "s2"): 3.80, ("baseline", "s3"): 3.60,
               ("x", "s1"): 3.97, ("x", "s2"): 3.77, ("x", "s3"): 3.57,
@@ -315,7 +315,7 @@ def test_claim_values_on_a_hand_made_table(configs):
     ent = {("baseline", "s3"): [0.95, 0.7, 0.5, 0.4, 0.6, 0.8], ("x", "s3"): [0.95, 0.82, 0.8, 0.81, 0.8, 0.82],
            ("baseline", "s1"): [0.95, 0.8, 0.7, 0.75, 0.8], ("x", "s1"): [0.95, 0.8, 0.8, 0.8, 0.8]}
     tables = _tables(losses, ent)
-    values, evidence = xformer_report.claim_values(tables)
+    values, evidence = report.claim_values(tables)
     assert values["x_loss_gap_max"] == pytest.approx(-0.03)
     assert values["flop_ratio_equal_params"] == pytest.approx(0.98)
     assert values["width_ratio_equal_params"] == pytest.approx(0.9)
@@ -329,15 +329,14 @@ def test_claim_values_on_a_hand_made_table(configs):
     # loss-matched: X's loss curve is the baseline's shifted left, so it needs less compute / width
     assert 0 < values["compute_ratio_equal_loss"] < 1 and 0 < values["width_ratio_equal_loss"] < 1
     assert evidence["x_loss_gap_max"]["paired_se"]["s1"] == pytest.approx(0.0, abs=1e-9)  # identical noise
-    criteria = {cid: c.to_claim() for cid, c in configs["laptop"].claims["xformer"].items()}
-    ledger = build_ledger(criteria, {cid: values[c.metric] for cid, c in criteria.items()})
+    ledger = build_ledger(criteria, values, evidence)
     verdicts = {row["id"]: row["verdict"] for row in ledger}
     assert verdicts["c1_loss_equal_params"] == "reproduced"
     assert verdicts["c3_carry_beats_zero"] == verdicts["c3_zero_beats_learned"] == "reproduced"
     assert verdicts["c4_x_beats_shapes"] == "reproduced" and verdicts["c5_x_avoids_valley"] == "reproduced"
 
 
-def test_claim_values_turn_against_the_claims(configs):
+def test_claim_values_turn_against_the_claims(criteria):
     # X worse at one size (+0.05), zero beats carry, a shape beats X, no valley anywhere.
     losses = {("baseline", "s1"): 4.00, ("baseline", "s2"): 3.80, ("baseline", "s3"): 3.60,
               ("x", "s1"): 3.98, ("x", "s2"): 3.85, ("x", "s3"): 3.595,
@@ -345,13 +344,12 @@ def test_claim_values_turn_against_the_claims(configs):
               ("zero", "s2"): 3.82, ("learned", "s2"): 3.825}
     flat = [0.95, 0.5, 0.55, 0.6, 0.65]  # the drop after the embedding is no valley
     tables = _tables(losses, {("baseline", "s3"): flat, ("x", "s3"): flat})
-    values, _ = xformer_report.claim_values(tables)
+    values, _ = report.claim_values(tables)
     assert values["x_loss_gap_max"] == pytest.approx(0.05)
     assert values["zero_minus_carry"] == pytest.approx(-0.03)
     assert values["learned_minus_zero"] == pytest.approx(0.005)
     assert values["baseline_valley_depth"] == 0 and values["valley_depth_gap"] == 0
-    criteria = {cid: c.to_claim() for cid, c in configs["laptop"].claims["xformer"].items()}
-    verdicts = {r["id"]: r["verdict"] for r in build_ledger(criteria, {c: values[k.metric] for c, k in criteria.items()})}
+    verdicts = {r["id"]: r["verdict"] for r in build_ledger(criteria, values)}
     assert verdicts["c1_loss_equal_params"] == "not reproduced"
     assert verdicts["c3_carry_beats_zero"] == "not reproduced"
     assert verdicts["c3_zero_beats_learned"] == "inconclusive"  # 0.005 < margin 0.01
@@ -366,10 +364,10 @@ def test_loss_matched_ratio_recovers_a_known_shift():
     C = np.array([1e15, 4e15, 1.6e16])
     base = 10 * C ** -0.05
     x = 10 * (C / 0.8) ** -0.05
-    runs = pd.DataFrame({"variant": ["baseline"] * 3 + ["x"] * 3, "size": ["s1", "s2", "s3"] * 2,
-                         "train_flops": np.r_[C, C], "average_width": np.r_[C, C] ** 0.25,
-                         "val_loss": np.r_[base, x]})
-    values, fits = xformer_report.loss_matched(runs)
+    table = pd.DataFrame({"variant": ["baseline"] * 3 + ["x"] * 3, "size": ["s1", "s2", "s3"] * 2,
+                          "train_flops": np.r_[C, C], "average_width": np.r_[C, C] ** 0.25,
+                          "val_loss": np.r_[base, x]})
+    values, fits = report.loss_matched(table)
     assert values["compute_ratio_equal_loss"] == pytest.approx(0.8, rel=1e-9)
     assert values["width_ratio_equal_loss"] == pytest.approx(0.8 ** 0.25, rel=1e-9)
     assert set(fits.variant) == {"baseline", "x"} and (fits.r2 > 0.999999).all()
@@ -379,6 +377,6 @@ def test_paired_se_uses_shared_windows():
     w = pd.DataFrame({"variant": ["a"] * 4 + ["b"] * 4, "size": ["s"] * 8, "window": [0, 1, 2, 3] * 2,
                       "loss": [1.0, 2.0, 3.0, 4.0, 1.1, 2.1, 3.3, 4.1]})
     diff = np.array([-0.1, -0.1, -0.3, -0.1])
-    assert xformer_report.paired_se(w, "a", "b", "s") == pytest.approx(diff.std(ddof=1) / 2)
+    assert report.paired_se(w, "a", "b", "s") == pytest.approx(diff.std(ddof=1) / 2)
 
 

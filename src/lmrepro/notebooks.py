@@ -34,7 +34,8 @@ def problems(path: str | Path) -> list[str]:
         out.append(f"{path}: needs exactly one cell tagged 'parameters' (found {len(params)})")
     for i, cell in enumerate(nb.cells):
         if set(cell.metadata) - set(CELL_METADATA_KEYS):
-            out.append(f"{path}: cell {i} has metadata {sorted(cell.metadata)}; only {list(CELL_METADATA_KEYS)} allowed")
+            out.append(f"{path}: cell {i} has metadata {sorted(cell.metadata)}; "
+                       f"only {list(CELL_METADATA_KEYS)} allowed")
         if cell.cell_type == "code" and (cell.outputs or cell.execution_count is not None):
             out.append(f"{path}: cell {i} has outputs or an execution count")
         if "id" in cell and not cell.id.startswith("c"):

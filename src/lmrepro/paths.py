@@ -1,9 +1,28 @@
-"""Where pipeline artifacts live, relative to the project root (the folder holding params.yaml)."""
+"""Where pipeline artifacts live, relative to the project root (the folder holding params.yaml).
+
+The lowest layer of the package: it imports nothing from lmrepro, so config, papers and analysis can all
+use it. Each paper's own artifact names live in its package (``lmrepro.papers.<paper>.artifacts``).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+
+PARAMS_FILE = "params.yaml"
+
+
+class ProjectNotFound(FileNotFoundError):
+    """No params.yaml in the working directory or any parent."""
+
+
+def find_params(start: str | Path | None = None) -> Path:
+    """Locate params.yaml in ``start`` or its parents (notebooks may run from notebooks/<paper>/)."""
+    here = Path(start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / PARAMS_FILE).is_file():
+            return folder / PARAMS_FILE
+    raise ProjectNotFound(f"params.yaml: not found in {here} or any parent folder")
 
 
 @dataclass(frozen=True)
@@ -38,11 +57,19 @@ class Paths:
     def results(self, paper: str) -> Path:
         return self.root / "results" / paper
 
+    def paper_data(self, paper: str) -> Path:
+        """A paper's DVC-tracked data (models, key tokens, task tensors): data/<paper>/."""
+        return self.data / paper
+
+    def paper_checkpoints(self, paper: str) -> Path:
+        """A paper's resumable checkpoints (persistent, uncached): data/checkpoints/<paper>/."""
+        return self.data / "checkpoints" / paper
+
+    def pipeline(self, paper: str) -> Path:
+        """A paper's pipeline folder: its dvc.yaml, README and claims criteria."""
+        return self.root / "pipelines" / paper
+
 
 def project_paths(root: str | Path | None = None) -> Paths:
     """Paths for the project whose params.yaml is in ``root`` or a parent of the working directory."""
-    if root is None:
-        from .config import find_params
-
-        root = find_params().parent
-    return Paths(Path(root).resolve())
+    return Paths(Path(root).resolve() if root is not None else find_params().parent)

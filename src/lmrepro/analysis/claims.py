@@ -1,9 +1,20 @@
-"""Claims ledger: each paper claim → a metric computed from our numbers → a verdict by a criterion
-fixed in params.yaml before the run.
+"""Claims ledger: each paper claim → a metric computed from our numbers → a verdict by a criterion fixed in
+``pipelines/<paper>/claims.yaml`` before the run.
 
-Verdicts: "reproduced" when the metric satisfies ``op threshold`` by more than ``margin``;
-"not reproduced" when it fails by more than ``margin``; "inconclusive" inside the margin, or when the
-metric could not be computed (NaN / missing), which is reported, never hidden.
+Verdicts (:data:`VERDICTS`):
+
+* ``reproduced`` — the metric satisfies ``op threshold`` by more than ``margin``;
+* ``not reproduced`` — it fails by more than ``margin``;
+* ``inconclusive`` — inside the margin, or the metric could not be computed (NaN / missing);
+* ``not testable at this scale`` — the claim's precondition, stated before the run, failed (or could not be
+  computed): the setup could not have shown the effect, so neither verdict above would be evidence;
+* ``holds by construction`` — the claim is an identity of our design (e.g. an accounting ratio that parameter
+  matching forces); it is reported, and checked, but it is not evidence.
+
+Each row also records where its margin comes from (``margin_source``, and the measured noise value when the
+report computes one: ``noise_metric``) and every criterion changed after results were seen (``revisions``:
+date, old criterion, old verdict, why). :func:`publish` writes ``claims.json``, ``claims.md`` and
+``metrics.json`` the same way for every paper.
 """
 
 from __future__ import annotations
@@ -11,75 +22,203 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-VERDICTS = ("reproduced", "not reproduced", "inconclusive")
+import yaml
+
+from ..config.schema_tools import ConfigError, bounded, build
+
+VERDICTS = ("reproduced", "not reproduced", "inconclusive", "not testable at this scale", "holds by construction")
 OPS = {">": lambda d: d, ">=": lambda d: d, "<": lambda d: -d, "<=": lambda d: -d}
+CLAIMS_FILE = "claims.yaml"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Precondition:
+    """What must hold before the claim can be tested at all (e.g. Full's needle accuracy ≥ 0.8)."""
+
+    statement: str
+    metric: str
+    op: str = bounded(choices=tuple(OPS))
+    threshold: float
+
+    def holds(self, value: float | None) -> bool:
+        """No margin: a precondition either held or it did not (a missing value did not)."""
+        if value is None or not math.isfinite(value):
+            return False
+        signed = OPS[self.op](value - self.threshold)
+        return signed > 0 or (self.op in (">=", "<=") and signed == 0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Revision:
+    """A criterion changed after its results were seen: what it was, what it gave, and why it changed."""
+
+    date: str
+    old_criterion: str
+    old_verdict: str = bounded(choices=VERDICTS)
+    why: str
 
 
 @dataclass(frozen=True)
 class Claim:
-    """One criterion. ``metric`` names the value the analysis computes; the claim holds when
+    """One criterion. ``metric`` names the value the paper's report computes; the claim holds when
     ``value op threshold`` with room ``margin`` (same units as the metric)."""
 
     statement: str
     metric: str
-    op: str
+    op: str = bounded(choices=tuple(OPS))
     threshold: float
-    margin: float = 0.0
+    margin: float = bounded(0.0, min=0.0)
+    margin_source: str = "fixed before the first run as a round number (no noise estimate)"
+    noise_metric: str | None = None
+    precondition: Precondition | None = None
+    by_construction: bool = False
+    revisions: list[Revision] = field(default_factory=list)
 
     def __post_init__(self):
+        # Built in code (tests, notebooks) as well as from YAML: the same rules either way.
         if self.op not in OPS:
             raise ValueError(f"op {self.op!r} is not allowed; choose one of {list(OPS)}")
         if not self.margin >= 0:
             raise ValueError(f"margin must be >= 0, got {self.margin}")
 
+    @property
+    def criterion(self) -> str:
+        return f"{self.metric} {self.op} {self.threshold:g}" + (f" ± {self.margin:g}" if self.margin else "")
 
-def verdict(value: float | None, claim: Claim) -> str:
+
+def verdict(value: float | None, claim: Claim, precondition_held: bool | None = None) -> str:
+    """The verdict of ``value`` under ``claim``; ``precondition_held`` False → not testable at this scale."""
+    if claim.precondition is not None and not precondition_held:
+        return "not testable at this scale"
     if value is None or not math.isfinite(value):
         return "inconclusive"
     signed = OPS[claim.op](value - claim.threshold)  # > 0: on the claim's side of the threshold
-    if claim.op in (">=", "<=") and signed == 0 and claim.margin == 0:
-        return "reproduced"
-    if signed > claim.margin:
-        return "reproduced"
+    if (claim.op in (">=", "<=") and signed == 0 and claim.margin == 0) or signed > claim.margin:
+        return "holds by construction" if claim.by_construction else "reproduced"
     if signed < -claim.margin:
         return "not reproduced"
     return "inconclusive"
 
 
+def _finite(value: Any) -> float | None:
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
 def build_ledger(claims: dict[str, Claim], values: dict[str, float | None],
                  evidence: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
-    """One row per claim: id, statement, metric, value, criterion, verdict, evidence (our numbers)."""
-    missing = sorted(set(claims) - set(values))
+    """One row per claim. ``values`` maps metric names (the claims' metrics, their preconditions' and noise
+    metrics) to numbers; ``evidence`` maps metric names to supporting numbers. A claim's own metric must be
+    present (NaN if unmeasurable), so a report cannot silently skip one."""
+    missing = sorted({c.metric for c in claims.values()} - set(values))
     if missing:
-        raise KeyError(f"no value computed for claims {missing}; every claim needs a value (use NaN if unmeasurable)")
+        raise KeyError(f"no value computed for metrics {missing}; every claim needs a value (use NaN if unmeasurable)")
     rows = []
     for cid, claim in claims.items():
-        value = values[cid]
-        value = None if value is None or not math.isfinite(float(value)) else float(value)
-        rows.append({"id": cid, **asdict(claim), "value": value,
-                     "criterion": f"{claim.metric} {claim.op} {claim.threshold:g}" + (f" ± {claim.margin:g}" if claim.margin else ""),
-                     "verdict": verdict(value, claim), "evidence": (evidence or {}).get(cid, {})})
+        value = _finite(values[claim.metric])
+        pre = claim.precondition
+        pre_value = _finite(values.get(pre.metric)) if pre else None
+        held = pre.holds(pre_value) if pre else None
+        rows.append({
+            "id": cid, "statement": claim.statement, "metric": claim.metric, "op": claim.op,
+            "threshold": claim.threshold, "margin": claim.margin, "criterion": claim.criterion, "value": value,
+            "verdict": verdict(value, claim, held),
+            "precondition": None if pre is None else {**asdict(pre), "value": pre_value, "held": held},
+            "noise": {"source": claim.margin_source, "metric": claim.noise_metric,
+                      "value": _finite(values.get(claim.noise_metric)) if claim.noise_metric else None},
+            "by_construction": claim.by_construction,
+            "revisions": [asdict(r) for r in claim.revisions],
+            "evidence": (evidence or {}).get(claim.metric, {}),
+        })
     return rows
+
+
+def _strict_json(obj: Any) -> Any:
+    """NaN / ±inf → None (JSON has no such numbers); numpy scalars → Python numbers."""
+    if isinstance(obj, dict):
+        return {str(k): _strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_strict_json(v) for v in obj]
+    if hasattr(obj, "item") and callable(obj.item):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
 
 
 def write_ledger(path: str | Path, paper: str, profile: str, rows: list[dict[str, Any]]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"paper": paper, "profile": profile, "claims": rows}, indent=2, sort_keys=True) + "\n")
+    ledger = _strict_json({"paper": paper, "profile": profile, "claims": rows})
+    path.write_text(json.dumps(ledger, indent=2, sort_keys=True, allow_nan=False) + "\n")
     return path
+
+
+def _cell(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
 
 
 def render_markdown(ledger: dict[str, Any]) -> str:
     """A Markdown table of a ledger (as written by :func:`write_ledger`)."""
-    lines = ["| # | claim | our value | criterion | verdict |", "| --- | --- | --- | --- | --- |"]
+    lines = ["| # | claim | our value | criterion | margin from | verdict |", "| --- | --- | --- | --- | --- | --- |"]
     for row in ledger["claims"]:
         value = "n/a" if row["value"] is None else f"{row['value']:.4g}"
-        lines.append(f"| {row['id']} | {row['statement']} | {value} | `{row['criterion']}` | **{row['verdict']}** |")
+        noise = row.get("noise") or {}
+        source = noise.get("source", "")
+        if noise.get("value") is not None:
+            source += f" (measured {noise['value']:.3g})"
+        notes = []
+        pre = row.get("precondition")
+        if pre:
+            shown = "n/a" if pre["value"] is None else f"{pre['value']:.3g}"
+            notes.append(f"precondition {pre['metric']} {pre['op']} {pre['threshold']:g}: {shown}, "
+                         + ("held" if pre["held"] else "failed"))
+        if row.get("revisions"):
+            notes.append(f"{len(row['revisions'])} revision(s) after results were seen")
+        verdict_cell = f"**{row['verdict']}**" + (f" ({'; '.join(notes)})" if notes else "")
+        lines.append(f"| {row['id']} | {_cell(row['statement'])} | {value} | `{row['criterion']}` | {_cell(source)} "
+                     f"| {_cell(verdict_cell)} |")
     return "\n".join(lines)
+
+
+def load_criteria(path: str | Path) -> dict[str, Claim]:
+    """``pipelines/<paper>/claims.yaml`` → {claim id: Claim}; a ConfigError names the file and the key."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: file not found (the paper's claim criteria)")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(raw, dict) or not raw:
+        raise ConfigError(f"{path}: expected a mapping of claim id → criterion")
+    return {str(cid): build(Claim, spec, f"{path.name}:{cid}") for cid, spec in raw.items()}
+
+
+def metrics_of(rows: list[dict[str, Any]], values: dict[str, float | None]) -> dict[str, float | int]:
+    """Flat, finite metrics for ``dvc metrics``: every finite value and ``<id>_reproduced`` (0/1)."""
+    metrics = {k: round(float(v), 6) for k, v in values.items() if _finite(v) is not None}
+    metrics.update({f"{r['id']}_reproduced": int(r["verdict"] == "reproduced") for r in rows})
+    return metrics
+
+
+def publish(results: str | Path, paper: str, profile: str, criteria: dict[str, Claim],
+            values: dict[str, float | None], evidence: dict[str, dict[str, Any]] | None = None) -> str:
+    """Judge every claim of ``paper`` and write ``claims.json``, ``claims.md`` and ``metrics.json`` into
+    ``results``; returns the Markdown table (for the report notebook)."""
+    results = Path(results)
+    rows = build_ledger(criteria, values, evidence)
+    path = write_ledger(results / "claims.json", paper, profile, rows)
+    table = render_markdown(json.loads(path.read_text()))
+    (results / "claims.md").write_text(f"_{profile} profile_\n\n{table}\n")
+    (results / "metrics.json").write_text(json.dumps(metrics_of(rows, values), indent=2, sort_keys=True) + "\n")
+    return table
 
 
 def update_readme(readme: str | Path, ledgers: dict[str, str | Path]) -> bool:
@@ -89,7 +228,8 @@ def update_readme(readme: str | Path, ledgers: dict[str, str | Path]) -> bool:
     text = original = readme.read_text()
     for paper, path in ledgers.items():
         ledger = json.loads(Path(path).read_text())
-        block = f"<!-- claims:{paper} -->\n_{ledger['profile']} profile_\n\n{render_markdown(ledger)}\n<!-- /claims:{paper} -->"
+        block = (f"<!-- claims:{paper} -->\n_{ledger['profile']} profile_\n\n{render_markdown(ledger)}\n"
+                 f"<!-- /claims:{paper} -->")
         pattern = re.compile(rf"<!-- claims:{re.escape(paper)} -->.*?<!-- /claims:{re.escape(paper)} -->", re.S)
         if not pattern.search(text):
             raise ValueError(f"{readme}: no <!-- claims:{paper} --> … <!-- /claims:{paper} --> markers")
@@ -98,32 +238,50 @@ def update_readme(readme: str | Path, ledgers: dict[str, str | Path]) -> bool:
     return text != original
 
 
-PAPERS = ("hybrid_attention", "xformer", "lora_alpha")
+def summary(ledgers: dict[str, str | Path]) -> dict[str, Any]:
+    """Verdict counts per paper and in all, from the committed ledgers (results/summary.json)."""
+    out: dict[str, Any] = {"papers": {}, "total": {v: 0 for v in VERDICTS}}
+    for paper, path in ledgers.items():
+        ledger = json.loads(Path(path).read_text())
+        counts = {v: 0 for v in VERDICTS}
+        for row in ledger["claims"]:
+            counts[row["verdict"]] += 1
+            out["total"][row["verdict"]] += 1
+        out["papers"][paper] = {"profile": ledger["profile"], "claims": len(ledger["claims"]), **counts}
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m lmrepro.analysis.claims [--check]``: render every committed ledger into README.md
-    (between its markers); with --check, only report whether README.md is up to date (exit 1 if not)."""
+    """``python -m lmrepro.analysis.claims [--check] [--summary PATH]``: render every paper's ledger into
+    README.md (between its markers) and optionally write the verdict counts; with --check, only report
+    whether README.md is up to date (exit 1 if not)."""
     import argparse
     import shutil
     import tempfile
 
+    from ..config import paper_schemas
     from ..paths import project_paths
 
     parser = argparse.ArgumentParser(prog="python -m lmrepro.analysis.claims")
     parser.add_argument("--check", action="store_true")
+    parser.add_argument("--summary", type=Path, help="also write verdict counts (JSON) here")
     args = parser.parse_args(argv)
-    root = project_paths().root
-    ledgers = {p: root / "results" / p / "claims.json" for p in PAPERS if (root / "results" / p / "claims.json").is_file()}
-    readme = root / "README.md"
+    paths = project_paths()
+    ledgers = {p: paths.results(p) / "claims.json" for p in paper_schemas()
+               if (paths.results(p) / "claims.json").is_file()}
+    readme = paths.root / "README.md"
     if args.check:
         with tempfile.TemporaryDirectory() as tmp:
             copy = Path(tmp) / "README.md"
             shutil.copy(readme, copy)
             stale = update_readme(copy, ledgers)
-        print("README.md claims tables are " + ("stale: run python -m lmrepro.analysis.claims" if stale else "up to date"))
+        print("README.md claims tables are "
+              + ("stale: run python -m lmrepro.analysis.claims" if stale else "up to date"))
         return 1 if stale else 0
     changed = update_readme(readme, ledgers)
+    if args.summary:
+        args.summary.parent.mkdir(parents=True, exist_ok=True)
+        args.summary.write_text(json.dumps(summary(ledgers), indent=2, sort_keys=True) + "\n")
     print(f"README.md {'updated' if changed else 'already up to date'} from {sorted(ledgers)}")
     return 0
 

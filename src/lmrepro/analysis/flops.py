@@ -9,14 +9,20 @@ sequence of ``s`` tokens
       - 2*s*wasted                 weights that never see signal (see ``width.wasted_parameters``)
 
 training = 3 x forward; 1 PF-day = 1e15 FLOP/s * 86400 s = 8.64e19 FLOPs.
+
+:func:`accounting` applies these conventions to a model spec (``LMSpec``): exact parameters, effective
+parameters (without the wasted slices), forward / training FLOPs, average width and KV cache per token.
 """
 
 from __future__ import annotations
 
 from numbers import Integral, Real
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from lmrepro.models import LMSpec
 
 PF_DAY = 8.64e19
 
@@ -141,3 +147,50 @@ def parameter_count(
     if untied:
         total += h * V
     return int(total)
+
+
+# ------------------------------------------------------------------------------------------ a model spec
+# lmrepro.models is imported inside the functions (see forward_flops): no import cycle, no torch at import.
+
+
+def projection_parameters(spec: LMSpec) -> int:
+    """Parameters of the learned width projections ("learned" rule): Σ w_{ℓ−1}·w_ℓ where the width changes."""
+    from lmrepro.models.varwidth import width_changes
+
+    if spec.expansion != "learned" or spec.widths is None:
+        return 0
+    return sum(spec.widths[i - 1] * spec.widths[i] for i in width_changes(spec))
+
+
+def model_parameters(spec: LMSpec) -> int:
+    """Exact parameter count of ``DecoderLM(spec)`` (built on the meta device: no memory, any size)."""
+    import torch
+
+    from lmrepro.models import DecoderLM
+
+    with torch.device("meta"):
+        return DecoderLM(spec).num_parameters()
+
+
+def accounting(spec: LMSpec, seq_len: int, tokens: float) -> dict[str, float]:
+    """Parameters, FLOPs and KV cache of one run (this module's conventions, the brief's formula).
+
+    parameters: every tensor of the model; effective_parameters: minus the wasted (never-signalled) slices;
+    forward_flops: per sequence of ``seq_len`` tokens, + 2·s·(projection parameters) for "learned";
+    train_flops: 3 × forward × tokens / seq_len; kv_bytes_per_token: bf16, Σ 2·w_ℓ·2 bytes;
+    budget_deviation: the matched budget vs the constant-width baseline (``models.width.budget_deviation``)."""
+    from lmrepro.models.varwidth import block_widths
+    from lmrepro.models.width import budget_deviation, wasted_parameters
+
+    widths = block_widths(spec)
+    h, V = spec.hidden_size, spec.vocab_size
+    wasted = wasted_parameters(widths, h) if spec.widths is not None else 0.0
+    proj = projection_parameters(spec)
+    fwd = forward_flops(widths, h, V, seq_len) + 2.0 * seq_len * proj
+    params = model_parameters(spec)
+    return {"parameters": params, "effective_parameters": params - wasted, "wasted_parameters": wasted,
+            "projection_parameters": proj, "average_width": average_width(widths),
+            "min_width": min(widths), "max_width": max(widths),
+            "forward_flops": fwd, "train_flops": 3.0 * fwd * float(tokens) / seq_len,
+            "kv_bytes_per_token": kv_cache_bytes_per_token(widths, 2),
+            "budget_deviation": budget_deviation(widths, h, V)}

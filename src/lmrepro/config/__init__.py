@@ -1,86 +1,138 @@
-"""params.yaml → typed, validated configuration.
+"""params.yaml + profiles/<profile>.yaml → typed, validated configuration.
 
-``params.yaml`` holds ``profile: <name>`` and ``profiles: {smoke: ..., laptop: ..., paper: ...}``.
-:func:`load_config` validates every profile (so a typo in ``paper`` fails on a laptop too) and
-returns the selected one as a frozen :class:`Config`.
+``params.yaml`` holds ``profile: <name>`` and every setting that is the same at every scale, by section:
+the shared ``data`` / ``tokenizer`` / ``model`` / ``train`` / ``eval`` and one section per paper.
+``profiles/<name>.yaml`` holds only what that scale changes, with the same sections; the loader merges it
+onto params.yaml (mappings key by key, everything else replaced) and validates the result. Keeping each
+profile in its own file means DVC tracks, and ``dvc exp show`` lists, only the active profile's values.
+
+Paper sections are typed by their own packages (``lmrepro.papers.<paper>.config.SCHEMA``), found by folder
+(:func:`paper_schemas`), so this module imports no paper. :func:`load_config` validates every profile (a typo
+in ``paper`` fails on a laptop too) and returns the selected one as a frozen :class:`Config`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
+import pkgutil
+import re
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from ..paths import PARAMS_FILE, ProjectNotFound, find_params
 from .schema import Config, DataConfig, EvalConfig, HFSourceConfig, ModelConfig, TokenizerConfig, TrainConfig
-from .papers import ClaimConfig
 from .schema_tools import ConfigError, build
 
 PROFILES = ("smoke", "laptop", "paper")
-PAPERS = ("hybrid_attention", "xformer", "lora_alpha")
-
-
-@dataclasses.dataclass(frozen=True)
-class _Claims:
-    papers: dict[str, dict[str, ClaimConfig]]
-DEFAULT_PARAMS = "params.yaml"
+PROFILE_DIR = "profiles"
+CORE_SECTIONS = ("data", "tokenizer", "model", "train", "eval")
 
 __all__ = [
     "Config", "ConfigError", "DataConfig", "EvalConfig", "HFSourceConfig", "ModelConfig",
     "TokenizerConfig", "TrainConfig", "PROFILES", "load_config", "load_params", "find_params",
-    "config_to_dict", "fingerprint",
+    "config_to_dict", "fingerprint", "derive", "paper_schemas", "profile_path",
 ]
 
 
-def find_params(start: str | Path | None = None) -> Path:
-    """Locate params.yaml in ``start`` or its parents (notebooks run from notebooks/<paper>/)."""
-    here = Path(start or Path.cwd()).resolve()
-    for folder in (here, *here.parents):
-        if (folder / DEFAULT_PARAMS).is_file():
-            return folder / DEFAULT_PARAMS
-    raise ConfigError(f"params.yaml: not found in {here} or any parent folder")
-
-
-def load_params(path: str | Path | None = None) -> dict[str, Any]:
-    """Read params.yaml as plain data (no validation)."""
-    path = Path(path) if path else find_params()
+def _read_yaml(path: Path, what: str, name: str | None = None) -> dict[str, Any]:
+    """A YAML mapping; errors name the file as ``name`` (relative to the project) and say what it holds."""
+    name = name or str(path)
     if not path.is_file():
-        raise ConfigError(f"{path}: file not found")
+        raise ConfigError(f"{name}: file not found ({what})")
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        raise ConfigError(f"{name}: not valid YAML: {err}") from None
+    if raw is None:
+        return {}
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping with keys 'profile' and 'profiles'")
+        raise ConfigError(f"{name}: expected a mapping of sections, got {type(raw).__name__}")
     return raw
 
 
+def load_params(path: str | Path | None = None) -> dict[str, Any]:
+    """Read params.yaml as plain data (no validation, no profile merged)."""
+    try:
+        path = Path(path) if path else find_params()
+    except ProjectNotFound as err:
+        raise ConfigError(str(err)) from None
+    return _read_yaml(path, "the project's parameters", PARAMS_FILE)
+
+
+def profile_path(params_path: str | Path, profile: str) -> Path:
+    """profiles/<profile>.yaml beside params.yaml."""
+    return Path(params_path).parent / PROFILE_DIR / f"{profile}.yaml"
+
+
+def paper_schemas() -> dict[str, type]:
+    """Every paper of the project: each folder under ``lmrepro.papers`` whose ``config`` module defines
+    ``SCHEMA`` (its section's dataclass) and ``ORDER`` (its place in listings). Found by folder, so adding a
+    paper changes no list here."""
+    package = importlib.import_module("lmrepro.papers")
+    found = []
+    for info in pkgutil.iter_modules(package.__path__):
+        if info.ispkg:
+            module = importlib.import_module(f"lmrepro.papers.{info.name}.config")
+            found.append((module.ORDER, info.name, module.SCHEMA))
+    return {name: schema for _, name, schema in sorted(found)}
+
+
+def _merge(base: Any, override: Any) -> Any:
+    """``override`` onto ``base``: mappings merge key by key; any other value (lists too) replaces."""
+    if isinstance(base, dict) and isinstance(override, dict):
+        out = dict(base)
+        for key, value in override.items():
+            out[key] = _merge(base[key], value) if key in base else value
+        return out
+    return override
+
+
+def _in(block: Any, dotted: str) -> bool:
+    """Is the dotted key (``a.b[0].c``) written in ``block``? (which file an error comes from)"""
+    node = block
+    for part in re.sub(r"\[\d+\]", "", dotted).split("."):
+        keys = {str(k): k for k in node} if isinstance(node, dict) else {}  # YAML keys need not be strings
+        if part not in keys:
+            return False
+        node = node[keys[part]]
+    return True
+
+
+def _build_section(cls, name: str, shared: dict, block: dict, profile_name: str):
+    """Merge one section and build it; a ConfigError names the file the offending key is written in."""
+    merged = _merge(shared.get(name) or {}, block.get(name) or {})
+    try:
+        return build(cls, merged, name)
+    except ConfigError as err:
+        key = str(err).split(":", 1)[0]
+        where = (profile_name if _in(block, key) else PARAMS_FILE if _in(shared, key)
+                 else f"{PARAMS_FILE} or {profile_name}")
+        raise ConfigError(f"{where}: {err}") from None
+
+
 def load_config(path: str | Path | None = None, profile: str | None = None) -> Config:
-    """Validate params.yaml and return the profile named by ``profile`` (default: its ``profile`` key)."""
-    raw = load_params(path)
-    unknown = sorted(set(raw) - {"profile", "profiles", "claims"}, key=str)
+    """Validate params.yaml with every profile file and return the profile named by ``profile``
+    (default: the ``profile`` key of params.yaml)."""
+    try:
+        params_path = Path(path) if path else find_params()
+    except ProjectNotFound as err:
+        raise ConfigError(str(err)) from None
+    shared = _read_yaml(params_path, "the project's parameters", PARAMS_FILE)
+    schemas = paper_schemas()
+    allowed = ["profile", *CORE_SECTIONS, *schemas]
+    unknown = sorted(set(shared) - set(allowed), key=str)
     if unknown:
-        raise ConfigError(f"{unknown[0]}: unknown top-level key; allowed are ['claims', 'profile', 'profiles']")
-    claims = raw.get("claims") or {}
-    if not isinstance(claims, dict):
-        raise ConfigError("claims: expected a mapping of paper → {claim id: criterion}")
-    bad = sorted(set(claims) - set(PAPERS), key=str)
-    if bad:
-        raise ConfigError(f"claims.{bad[0]}: unknown paper; allowed are {list(PAPERS)}")
-    profiles = raw.get("profiles")
-    if not isinstance(profiles, dict):
-        raise ConfigError("profiles: missing or not a mapping of profile name → settings")
-    extra = sorted(set(profiles) - set(PROFILES), key=str)
-    if extra:
-        raise ConfigError(f"profiles.{extra[0]}: unknown profile; allowed are {list(PROFILES)}")
-    missing = [p for p in PROFILES if p not in profiles]
-    if missing:
-        raise ConfigError(f"profiles.{missing[0]}: missing; every profile of {list(PROFILES)} must be defined")
+        raise ConfigError(f"{PARAMS_FILE}: {unknown[0]}: unknown top-level key; allowed are {allowed}")
+    stray = sorted(p.stem for p in (params_path.parent / PROFILE_DIR).glob("*.yaml") if p.stem not in PROFILES)
+    if stray:
+        raise ConfigError(f"{PROFILE_DIR}/{stray[0]}.yaml: not a profile; the profiles are {list(PROFILES)}")
     # The file's own `profile` key is checked even when the caller overrides it, so a typo there
     # cannot hide until the next run without an override.
-    default = raw.get("profile", "laptop")
+    default = shared.get("profile", "laptop")
     if not isinstance(default, str) or default not in PROFILES:
         raise ConfigError(f"profile: {default!r} is not allowed; choose one of {list(PROFILES)}")
     selected = profile if profile is not None else default
@@ -88,17 +140,26 @@ def load_config(path: str | Path | None = None, profile: str | None = None) -> C
         raise ConfigError(f"profile: {selected!r} (requested) is not allowed; choose one of {list(PROFILES)}")
     built = {}
     for name in PROFILES:
-        section = profiles[name]
-        if not isinstance(section, dict):
-            raise ConfigError(f"profiles.{name}: expected a mapping of sections")
-        for reserved in ("profile", "claims"):
-            if reserved in section:
-                raise ConfigError(f"profiles.{name}.{reserved}: not allowed inside a profile")
-        built[name] = build(Config, {**section, "profile": name}, f"profiles.{name}")
-    # Claims are validated once, at their own path, and shared by every profile.
-    shared = build(_Claims, {"papers": claims}, "claims").papers
-    built = {name: dataclasses.replace(c, claims=shared) for name, c in built.items()}
+        where = f"{PROFILE_DIR}/{name}.yaml"
+        block = _read_yaml(profile_path(params_path, name), f"the {name} profile", where)
+        extra = sorted(set(block) - set(allowed[1:]), key=str)
+        if extra:
+            raise ConfigError(f"{where}: {extra[0]}: unknown section; allowed are {allowed[1:]}")
+        args = (shared, block, where)
+        core = {s: _build_section(cls, s, *args) for s, cls in
+                zip(CORE_SECTIONS, (DataConfig, TokenizerConfig, ModelConfig, TrainConfig, EvalConfig))}
+        papers = {paper: _build_section(schema, paper, *args) for paper, schema in schemas.items()
+                  if paper in shared or paper in block}
+        cfg = Config(profile=name, **core, papers=papers)
+        cfg.check(f"{where}: ")
+        built[name] = cfg
     return built[selected]
+
+
+def derive(obj: Any, path: str, **changes: Any) -> Any:
+    """A copy of the config dataclass ``obj`` with ``changes``, rebuilt and validated like the file
+    (bounds and ``check``); ``path`` names it in errors (e.g. ``hybrid_attention.sizes.s1``)."""
+    return build(type(obj), {**dataclasses.asdict(obj), **changes}, path)
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:

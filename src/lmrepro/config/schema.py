@@ -1,18 +1,16 @@
 """Typed schema of one profile of params.yaml (plain frozen dataclasses).
 
 Cross-field rules live in ``check``; every rejection names the dotted key and what is allowed.
-Paper pipelines add their own sections next to these.
+Each paper's own section is typed by its package (``lmrepro.papers.<paper>.config.SCHEMA``) and attached to
+:class:`Config` by the loader; this module imports none of them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
-from .hybrid import HybridConfig
 from .layers import parse_layer_token
-from .lora import LoraAlphaConfig
-from .papers import ClaimConfig
-from .xformer import XformerConfig
 from .schema_tools import ConfigError, bounded, require
 
 
@@ -158,7 +156,11 @@ class EvalConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class Config:
-    """One resolved profile. ``profile`` is the name it was resolved from."""
+    """One resolved profile. ``profile`` is the name it was resolved from.
+
+    ``papers`` maps each paper's name to its validated section; ``cfg.<paper>`` reads it
+    (``cfg.hybrid_attention``), so paper code never needs the core to know the paper schemas.
+    """
 
     profile: str
     data: DataConfig
@@ -166,14 +168,18 @@ class Config:
     model: ModelConfig
     train: TrainConfig
     eval: EvalConfig
-    hybrid_attention: HybridConfig | None = None
-    xformer: XformerConfig | None = None
-    lora_alpha: LoraAlphaConfig | None = None
-    # Claim criteria per paper: top-level in params.yaml (the same for every profile), fixed before the run.
-    claims: dict[str, dict[str, ClaimConfig]] = field(default_factory=dict)
+    papers: dict[str, Any] = field(default_factory=dict)
 
-    def check(self, path: str) -> None:
-        require(self.train.seq_len <= self.model.max_seq_len, f"{path}.train.seq_len",
+    def __getattr__(self, name: str):
+        # Only called for names that are not fields: a paper's section, by its name.
+        papers = self.__dict__.get("papers") or {}
+        if name in papers:
+            return papers[name]
+        raise AttributeError(f"Config has no field or paper section {name!r}; papers: {sorted(papers)}")
+
+    def check(self, where: str) -> None:
+        """Cross-section rules; ``where`` prefixes the dotted keys (e.g. ``"profiles/smoke.yaml: "``)."""
+        require(self.train.seq_len <= self.model.max_seq_len, f"{where}train.seq_len",
                 f"{self.train.seq_len} exceeds model.max_seq_len {self.model.max_seq_len}")
-        require(self.eval.seq_len <= self.model.max_seq_len, f"{path}.eval.seq_len",
+        require(self.eval.seq_len <= self.model.max_seq_len, f"{where}eval.seq_len",
                 f"{self.eval.seq_len} exceeds model.max_seq_len {self.model.max_seq_len}")

@@ -175,7 +175,8 @@ def build_stdlib_manifest(root: str | os.PathLike, files: list[str], val_fractio
             raise DataError(f"corpus file {rel!r} is not a file relative to root {str(root)!r}")
         data = path.read_bytes()
         documents.append(
-            {"id": rel, "sha256": sha256_bytes(data), "bytes": len(data), "split": assign_split(rel, val_fraction, seed)}
+            {"id": rel, "sha256": sha256_bytes(data), "bytes": len(data),
+             "split": assign_split(rel, val_fraction, seed)}
         )
     num_documents, num_bytes = _split_counts(documents)
     _require_both_splits(num_documents, val_fraction)
@@ -242,7 +243,8 @@ def _iter_hf(manifest: dict, root: Path, split: str, docs: list[dict], verify: b
     entry = manifest["files"][split]
     path = root / entry["file"]
     if not path.is_file():
-        raise DataError(f"corpus file {str(path)!r} is missing (expected sha256 {entry['sha256']}); rerun the corpus stage")
+        raise DataError(f"corpus file {str(path)!r} is missing (expected sha256 {entry['sha256']}); "
+                        "rerun the corpus stage")
     if verify and (actual := sha256_file(path)) != entry["sha256"]:
         raise _mismatch(f"corpus file {str(path)!r}", entry["sha256"], actual)
     with open(path, encoding="utf-8") as f:
@@ -253,7 +255,8 @@ def _iter_hf(manifest: dict, root: Path, split: str, docs: list[dict], verify: b
                 raise DataError(f"corpus file {str(path)!r} ends before document {d['id']!r} listed in the manifest")
             record = json.loads(line)
             if record["id"] != d["id"]:
-                raise DataError(f"corpus file {str(path)!r} has document {record['id']!r} where the manifest lists {d['id']!r}")
+                raise DataError(f"corpus file {str(path)!r} has document {record['id']!r} "
+                                f"where the manifest lists {d['id']!r}")
             text = record["text"]
             if verify and (actual := sha256_bytes(text.encode("utf-8"))) != d["sha256"]:
                 raise _mismatch(f"document {d['id']!r} in {str(path)!r}", d["sha256"], actual)

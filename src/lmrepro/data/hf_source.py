@@ -103,7 +103,8 @@ def write_hf_corpus(
     try:
         for doc_id, text in documents:
             if not isinstance(doc_id, str) or not isinstance(text, str):
-                raise DataError(f"documents must be (str id, str text) pairs, got ({type(doc_id).__name__}, {type(text).__name__})")
+                raise DataError(f"documents must be (str id, str text) pairs, "
+                                f"got ({type(doc_id).__name__}, {type(text).__name__})")
             if doc_id in seen:
                 raise DataError(f"duplicate document id {doc_id!r}; ids must be unique within a corpus")
             seen.add(doc_id)
@@ -118,7 +119,8 @@ def write_hf_corpus(
     num_documents, num_bytes = _split_counts(records)
     _require_both_splits(num_documents, val_fraction)
     files = {
-        s: {"file": f"{s}.jsonl", "sha256": sha256_file(out / f"{s}.jsonl"), "bytes": (out / f"{s}.jsonl").stat().st_size}
+        s: {"file": f"{s}.jsonl", "sha256": sha256_file(out / f"{s}.jsonl"),
+            "bytes": (out / f"{s}.jsonl").stat().st_size}
         for s in SPLITS
     }
     return {

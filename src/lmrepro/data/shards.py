@@ -159,7 +159,8 @@ class ShardedTokens:
         self._maps = []
         for s in self.index["shards"]:
             self._check_size(s)
-            self._maps.append(np.memmap(self.directory / s["file"], dtype=self._dtype, mode="r", shape=(s["num_tokens"],)))
+            self._maps.append(np.memmap(self.directory / s["file"], dtype=self._dtype, mode="r",
+                                        shape=(s["num_tokens"],)))
         # _starts[i] = stream offset of shard i's first token; last entry = num_tokens.
         self._starts = np.cumsum([0] + [s["num_tokens"] for s in self.index["shards"]])
 

@@ -244,7 +244,7 @@ def layerwise_report(model: nn.Module, loss_fn: Callable[[], torch.Tensor], targ
     """
     from peft.tuners.lora import LoraLayer
 
-    from .curvature import twice_differentiable  # curvature imports this module
+    from ..ops.dispatch import twice_differentiable
 
     r = _check_rank(r)
     if optimizer not in OPTIMIZERS:

@@ -23,28 +23,16 @@ LoRA parameters versus the base weights they adapt), :func:`adam_preconditioned_
 
 from __future__ import annotations
 
-import contextlib
 import math
 import warnings
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
 
+from ..ops.dispatch import twice_differentiable
 from .alpha import lora_layers
 
 WHICH = ("largest", "magnitude")
-
-
-@contextlib.contextmanager
-def twice_differentiable() -> Iterator[None]:
-    """Run attention through paths with a double backward: our dispatch's "sdpa" path, SDPA's math kernel
-    (the fused CPU/flash kernels have no derivative of their backward)."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    from ..ops.dispatch import force_backend
-
-    with force_backend({"attention": "sdpa"}), sdpa_kernel([SDPBackend.MATH]):
-        yield
 
 
 def lanczos(matvec: Callable[[torch.Tensor], torch.Tensor], n: int, *, iters: int = 50, tol: float = 1e-4,

@@ -1,15 +1,20 @@
 """Architecture spec of a decoder LM: the model's only input besides weights.
 
 A :class:`LMSpec` is fully resolved (vocabulary, per-layer mixer), so the model holds no config logic.
-Paper pipelines derive their variants with :func:`dataclasses.replace`.
+Paper pipelines derive their variants with :func:`dataclasses.replace`. Layer tokens ("full", "swa-64-nope",
+"gdn", ...) are read and written only through :mod:`lmrepro.config.layers`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from numbers import Integral
 
 from ..config import ModelConfig
-from .varwidth import check_widths
+from ..config.layers import hybrid_pattern, parse_layer_token, render_layer_token
+
+#: How a block wider than its predecessor is fed (see :mod:`lmrepro.models.varwidth`).
+EXPANSIONS = ("carry", "zero", "learned")
 
 
 @dataclass(frozen=True)
@@ -41,11 +46,27 @@ class LayerSpec:
 
     @property
     def name(self) -> str:
-        """Pattern token of this layer (see :mod:`lmrepro.models.hybrid`)."""
-        if self.mixer != "attention":
-            return self.mixer
-        base = "full" if self.window is None else f"swa-{self.window}"
-        return base if self.rope else base + "-nope"
+        """Pattern token of this layer (grammar: :mod:`lmrepro.config.layers`)."""
+        return render_layer_token(self.mixer, self.window, self.rope)
+
+    @classmethod
+    def from_token(cls, token: str) -> "LayerSpec":
+        """The layer a pattern token names (ValueError naming the allowed tokens)."""
+        mixer, window, rope = parse_layer_token(token)
+        return cls(mixer=mixer, window=window, rope=rope)
+
+
+def layer_spec(token: str) -> LayerSpec:
+    return LayerSpec.from_token(token)
+
+
+def layers_from_pattern(tokens: list[str]) -> tuple[LayerSpec, ...]:
+    return tuple(layer_spec(t) for t in tokens)
+
+
+def layers_from_config(model: ModelConfig) -> tuple[LayerSpec, ...]:
+    return layers_from_pattern(hybrid_pattern(model.num_layers, model.mixer, model.full_attention_every,
+                                              model.full_attention_rope))
 
 
 @dataclass(frozen=True)
@@ -57,7 +78,8 @@ class LMSpec:
         block has SwiGLU hidden 4·w_ℓ (``intermediate_size`` is then unused), head dim w_ℓ / num_heads and
         init std init_std·sqrt(h / w_ℓ); see :mod:`lmrepro.models.varwidth`.
     expansion: how a block wider than its predecessor is fed: "carry" (the paper's carry-forward),
-        "zero" or "learned" (ablations; only with widths). Defined in :mod:`lmrepro.models.varwidth`.
+        "zero" or "learned" (ablations; only with widths). Defined in :mod:`lmrepro.models.varwidth`;
+        both are validated by :meth:`LMSpec.check_widths`.
     """
 
     vocab_size: int
@@ -89,7 +111,7 @@ class LMSpec:
         if len(self.layers) != self.num_layers:
             raise ValueError(f"layers: {len(self.layers)} layer specs for num_layers={self.num_layers}")
         # JSON (spec.json, HF config.json) gives the widths back as a list; checked per layer.
-        object.__setattr__(self, "widths", check_widths(self))
+        object.__setattr__(self, "widths", self.check_widths())
         # Specs are also built directly (tests, dataclasses.replace), bypassing ModelConfig.check:
         # with heads not dividing hidden_size, head_dim would silently round down. With widths, h is only
         # the embedding width and each block's width is checked above instead.
@@ -97,6 +119,48 @@ class LMSpec:
             raise ValueError(f"num_heads: {self.num_heads} heads do not divide hidden_size {self.hidden_size}")
         if self.num_heads % self.num_kv_heads:
             raise ValueError(f"num_kv_heads: {self.num_kv_heads} kv heads must divide num_heads {self.num_heads}")
+
+    def check_widths(self) -> tuple[int, ...] | None:
+        """Validate ``widths`` / ``expansion`` against the rest of the spec; return widths as a tuple.
+
+        Raises ValueError naming the field and, for a bad width, the 0-indexed layer.
+        """
+        spec = self
+        if spec.expansion not in EXPANSIONS:
+            raise ValueError(f"expansion: {spec.expansion!r} is not allowed; choose one of {list(EXPANSIONS)}")
+        if spec.widths is None:
+            if spec.expansion != "carry":
+                # The rule only matters where widths change; accepting it here would silently ignore it.
+                raise ValueError(
+                    f"expansion={spec.expansion!r} needs widths (it says how a wider block is fed); pass "
+                    f"widths=(hidden_size,)*num_layers for a constant-width model with this rule, or keep 'carry'"
+                )
+            return None
+        if isinstance(spec.widths, (str, bytes)) or not hasattr(spec.widths, "__len__"):
+            raise ValueError(f"widths: must be None or a sequence of num_layers ints, got {spec.widths!r}")
+        widths = tuple(spec.widths)
+        if len(widths) != spec.num_layers:
+            raise ValueError(f"widths: {len(widths)} widths for num_layers={spec.num_layers}")
+        for i, w in enumerate(widths):
+            if isinstance(w, bool) or not isinstance(w, Integral) or w < 1:
+                raise ValueError(f"widths[{i}] (layer {i}): must be an int >= 1, got {w!r}")
+            if w % spec.num_heads:
+                raise ValueError(
+                    f"widths[{i}] (layer {i}): width {w} is not divisible by num_heads={spec.num_heads} "
+                    "(head count is constant per block, head dim = width / num_heads)"
+                )
+            layer = spec.layers[i]
+            if layer.mixer == "attention" and layer.rope and (w // spec.num_heads) % 2:
+                raise ValueError(
+                    f"widths[{i}] (layer {i}): head dim {w}/{spec.num_heads} = {w // spec.num_heads} must be "
+                    "even for RoPE; choose widths that are multiples of 2·num_heads"
+                )
+            if layer.mixer == "mamba2" and (spec.ssm_expand * w) % spec.ssm_head_dim:
+                raise ValueError(
+                    f"widths[{i}] (layer {i}): ssm_head_dim={spec.ssm_head_dim} must divide "
+                    f"ssm_expand·width = {spec.ssm_expand * w} for the mamba2 mixer"
+                )
+        return tuple(int(w) for w in widths)
 
     @property
     def head_dim(self) -> int:
@@ -107,8 +171,6 @@ class LMSpec:
     def from_config(cls, model: ModelConfig, vocab_size: int, layers=None, widths=None,
                     expansion: str = "carry") -> "LMSpec":
         """Spec of ``model`` (its layer pattern unless ``layers`` is given; constant width unless ``widths``)."""
-        from .hybrid import layers_from_config
-
         return cls(
             vocab_size=vocab_size,
             hidden_size=model.hidden_size,

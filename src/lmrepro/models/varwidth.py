@@ -33,58 +33,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from numbers import Integral
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from .spec import LMSpec
+from .spec import EXPANSIONS, LMSpec
+
+__all__ = ["EXPANSIONS", "MLP_RATIO", "block_spec", "block_widths", "readout_width", "residual_width",
+           "stage_widths", "width_changes"]
 
 #: SwiGLU hidden width per unit of block width when ``widths`` are given (the brief: MLP width 4·w_ℓ).
 MLP_RATIO = 4
-
-EXPANSIONS = ("carry", "zero", "learned")
-
-
-def check_widths(spec: "LMSpec") -> tuple[int, ...] | None:
-    """Validate ``spec.widths`` / ``spec.expansion`` against the rest of the spec; return widths as a tuple.
-
-    Raises ValueError naming the field and, for a bad width, the 0-indexed layer.
-    """
-    if spec.expansion not in EXPANSIONS:
-        raise ValueError(f"expansion: {spec.expansion!r} is not allowed; choose one of {list(EXPANSIONS)}")
-    if spec.widths is None:
-        if spec.expansion != "carry":
-            # The rule only matters where widths change; accepting it here would silently ignore it.
-            raise ValueError(
-                f"expansion={spec.expansion!r} needs widths (it says how a wider block is fed); pass "
-                f"widths=(hidden_size,)*num_layers for a constant-width model with this rule, or keep 'carry'"
-            )
-        return None
-    if isinstance(spec.widths, (str, bytes)) or not hasattr(spec.widths, "__len__"):
-        raise ValueError(f"widths: must be None or a sequence of num_layers ints, got {spec.widths!r}")
-    widths = tuple(spec.widths)
-    if len(widths) != spec.num_layers:
-        raise ValueError(f"widths: {len(widths)} widths for num_layers={spec.num_layers}")
-    for i, w in enumerate(widths):
-        if isinstance(w, bool) or not isinstance(w, Integral) or w < 1:
-            raise ValueError(f"widths[{i}] (layer {i}): must be an int >= 1, got {w!r}")
-        if w % spec.num_heads:
-            raise ValueError(
-                f"widths[{i}] (layer {i}): width {w} is not divisible by num_heads={spec.num_heads} "
-                "(head count is constant per block, head dim = width / num_heads)"
-            )
-        layer = spec.layers[i]
-        if layer.mixer == "attention" and layer.rope and (w // spec.num_heads) % 2:
-            raise ValueError(
-                f"widths[{i}] (layer {i}): head dim {w}/{spec.num_heads} = {w // spec.num_heads} must be "
-                "even for RoPE; choose widths that are multiples of 2·num_heads"
-            )
-        if layer.mixer == "mamba2" and (spec.ssm_expand * w) % spec.ssm_head_dim:
-            raise ValueError(
-                f"widths[{i}] (layer {i}): ssm_head_dim={spec.ssm_head_dim} must divide "
-                f"ssm_expand·width = {spec.ssm_expand * w} for the mamba2 mixer"
-            )
-    return tuple(int(w) for w in widths)
 
 
 def block_widths(spec: "LMSpec") -> tuple[int, ...]:

@@ -14,7 +14,8 @@ Implements the generator of the xformer brief (``shared/papers/xformer.md``):
   reported budget);
 * the free exponent is found by bisection so that the *continuous* minimum width equals
   ``bottleneck_ratio * h``, re-solving ``w_1`` at every step;
-* finally every width is rounded to the nearest multiple of ``quantize``.
+* finally every width is rounded to the nearest multiple of ``quantize``; rounding moves the matched
+  budget, which :func:`matched_widths` (with :func:`rematch_widths`) restores while keeping the shape.
 
 Shapes and what ``bottleneck_ratio`` means (our choice, one rule for all shapes: the continuous
 *minimum* width of the profile is ``bottleneck_ratio * h``):
@@ -352,3 +353,78 @@ def width_schedule(
                     f"as a multiple of num_heads (e.g. quantize={math.lcm(quantize, num_heads)})"
                 )
     return widths
+
+
+# ------------------------------------------------------------------------------- shapes after rounding
+# Rounding to multiples of ``quantize`` breaks the parameter match; these restore it (our choice, the
+# brief is silent) while keeping the shape.
+
+
+def shape_ok(widths, shape: str, turning: int) -> bool:
+    """Does ``widths`` keep the monotone segments of ``shape`` (non-strictly)? ``turning`` = 1-indexed l*."""
+    w = list(widths)
+    down = lambda seq: all(a >= b for a, b in zip(seq, seq[1:]))  # noqa: E731
+    up = lambda seq: all(a <= b for a, b in zip(seq, seq[1:]))  # noqa: E731
+    if shape == "x":
+        return down(w[:turning]) and up(w[turning - 1:])
+    if shape == "diamond":
+        return up(w[:turning]) and down(w[turning - 1:])
+    if shape == "increasing":
+        return up(w)
+    if shape == "decreasing":
+        return down(w)
+    raise ValueError(f"shape {shape!r} is unknown")
+
+
+def budget_deviation(widths, hidden_size: int, vocab_size: int) -> float:
+    """(budget(widths) − budget(baseline)) / budget(baseline), budget = 2·V·h + 16·Σw² − wasted (the brief's
+    matched quantity: parameters that can receive signal, norms ignored)."""
+    base = schedule_budget([hidden_size] * len(widths), hidden_size, vocab_size)
+    return (schedule_budget(widths, hidden_size, vocab_size) - base) / base
+
+
+def rematch_widths(widths, hidden_size: int, vocab_size: int, shape: str, turning: int, quantize: int,
+                   keep: tuple[int, ...] = ()) -> list[int]:
+    """Greedy re-matching after rounding: repeatedly apply the single move that most reduces |budget
+    deviation| — one block ±quantize, or (x, diamond) both end blocks together so w_1 = w_L stays — among
+    moves that keep ``shape`` (:func:`shape_ok`), widths ≥ quantize and the 0-indexed blocks ``keep`` (the
+    bottleneck) unchanged. Stops when no move helps; |deviation| never increases."""
+    cur = [int(w) for w in widths]
+    L = len(cur)
+    symmetric = shape in ("x", "diamond") and cur[0] == cur[-1]
+    groups = [(0, L - 1)] if symmetric else [(0,), (L - 1,)]
+    groups += [(i,) for i in range(1, L - 1)]
+    groups = [g for g in groups if not set(g) & set(keep)]
+    err = abs(budget_deviation(cur, hidden_size, vocab_size))
+    while True:
+        best = None
+        for group in groups:
+            for step in (-quantize, quantize):
+                cand = list(cur)
+                for i in group:
+                    cand[i] += step
+                if min(cand) < quantize or not shape_ok(cand, shape, turning):
+                    continue
+                e = abs(budget_deviation(cand, hidden_size, vocab_size))
+                if e < err - 1e-15 and (best is None or e < best[0]):
+                    best = (e, cand)
+        if best is None:
+            return cur
+        err, cur = best
+
+
+def matched_widths(hidden_size: int, num_layers: int, vocab_size: int, shape: str | None, *, ratio: float,
+                   turning: int, quantize: int, num_heads: int, rematch: bool = True) -> list[int]:
+    """Per-block widths of ``shape`` (None: the constant baseline), parameter-matched to the baseline.
+
+    ``turning`` (1-indexed l*) is used by x and diamond; the monotone shapes have none."""
+    if shape is None:
+        return [hidden_size] * num_layers
+    lstar = turning if shape in ("x", "diamond") else None
+    widths = width_schedule(hidden_size, num_layers, vocab_size, shape=shape, bottleneck_ratio=ratio,
+                            bottleneck_layer=lstar, quantize=quantize, num_heads=num_heads)
+    if not rematch:
+        return widths
+    prof = x_profile(hidden_size, num_layers, vocab_size, shape=shape, bottleneck_ratio=ratio, bottleneck_layer=lstar)
+    narrowest = int(np.argmin(prof.widths))
+    return rematch_widths(widths, hidden_size, vocab_size, shape, prof.bottleneck_layer, quantize, keep=(narrowest,))

@@ -17,6 +17,7 @@ from .dispatch import (
     force_backend,
     reset_backends_used,
     select_backend,
+    twice_differentiable,
 )
 from .gated_delta import chunked_gated_delta_rule, gated_delta_rule, naive_gated_delta_rule
 from .lightning import (
@@ -51,4 +52,5 @@ __all__ = [
     "reset_backends_used",
     "select_backend",
     "ssd_to_simple_gla",
+    "twice_differentiable",
 ]

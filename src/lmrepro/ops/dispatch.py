@@ -16,6 +16,11 @@ A process-wide override whose name is not a backend *kind* of some op (``force_b
 while calling ``attention``) does not apply to that op, which then uses its automatic rule;
 restrict an override with ``ops=`` to make it strict (an op listed there must know the name).
 
+Inside :func:`twice_differentiable` (curvature: Hessian-vector products, double backward) only the
+backends of :data:`TWICE_DIFFERENTIABLE` may run: a forced or automatic choice outside it is replaced
+by the op's first listed one (``sdpa`` for attention, ``chunked`` for the linear ops), an explicit
+``backend=`` outside it raises :class:`BackendUnavailableError`, and SDPA is held to its math kernel.
+
 Every decision is logged once per (op, backend) on the ``lmrepro.ops`` logger and recorded in a
 registry, :func:`backends_used`, that run provenance stores.
 
@@ -51,6 +56,7 @@ __all__ = [
     "force_backend",
     "reset_backends_used",
     "select_backend",
+    "twice_differentiable",
 ]
 
 logger = logging.getLogger("lmrepro.ops")
@@ -63,6 +69,15 @@ OP_BACKENDS: dict[str, tuple[str, ...]] = {
 }
 ALL_BACKENDS = tuple(sorted({b for bs in OP_BACKENDS.values() for b in bs}))
 
+#: Backends whose backward is itself differentiable (plain PyTorch autograd), per op, preferred first.
+#: The kernels (flash, flex, fla) have no derivative of their backward.
+TWICE_DIFFERENTIABLE: dict[str, tuple[str, ...]] = {
+    "attention": ("sdpa", "naive"),
+    "lightning_attention": ("chunked", "naive"),
+    "mamba2_ssd": ("chunked", "naive"),
+    "gated_delta_rule": ("chunked", "naive"),
+}
+
 
 class BackendUnavailableError(RuntimeError):
     """A backend was asked for (explicitly or by :func:`force_backend`) but cannot run here."""
@@ -71,6 +86,7 @@ class BackendUnavailableError(RuntimeError):
 _lock = threading.Lock()
 # Stack of overrides; each entry maps op -> backend. The innermost entry naming an op wins.
 _override_stack: list[dict[str, str]] = []
+_twice_depth = 0  # > 0 inside twice_differentiable()
 _used: dict[str, list[str]] = {}
 _logged: set[tuple[str, str]] = set()
 
@@ -187,6 +203,11 @@ def _forced(op: str) -> str | None:
     return None
 
 
+def _restricted() -> bool:
+    with _lock:
+        return _twice_depth > 0
+
+
 def select_backend(
     op: str,
     backend: str | None = None,
@@ -202,21 +223,28 @@ def select_backend(
 
     Records the choice for :func:`backends_used` and logs it once per (op, backend).
     Raises ``ValueError`` for a name that is not a backend of ``op`` and
-    :class:`BackendUnavailableError` for a requested/forced backend that cannot run here.
+    :class:`BackendUnavailableError` for a requested/forced backend that cannot run here
+    (or, inside :func:`twice_differentiable`, an explicit one without a double backward).
     """
     _check_op(op)
     dev = torch.device(device)
     features = dict(dtype=dtype, window=window, sinks=sinks, same_head_dim=same_head_dim,
                     requires_grad=requires_grad)
+    twice = TWICE_DIFFERENTIABLE[op] if _restricted() else None
     if backend is not None:
         source, chosen = "explicit", backend
         _check_name(op, chosen)
+        if twice is not None and chosen not in twice:
+            raise BackendUnavailableError(f"{op}: backend {chosen!r} (explicit) has no double backward; "
+                                          f"inside twice_differentiable() use one of {list(twice)}")
     else:
         forced = _forced(op)
         if forced is not None:
             source, chosen = "forced", forced
         else:
             source, chosen = "auto", _auto(op, dev, **features)
+        if twice is not None and chosen not in twice:
+            source, chosen = "twice_differentiable", twice[0]
     if source != "auto":
         ok, reason = backend_available(op, chosen, device=dev, **_availability_features(features))
         if not ok:
@@ -303,3 +331,25 @@ def force_backend(
                 if _override_stack[i] is entry:
                     del _override_stack[i]
                     break
+
+
+@contextlib.contextmanager
+def twice_differentiable() -> Iterator[None]:
+    """Restrict every op to backends with a double backward (:data:`TWICE_DIFFERENTIABLE`) inside a ``with``
+    block, and SDPA to its math kernel (its fused CPU/flash kernels have no derivative of their backward;
+    this also covers models that call SDPA directly, e.g. HF ones). Nested blocks are allowed.
+
+    Attention then runs through our "sdpa" path with the math kernel, the linear ops through "chunked"
+    unless a "naive" path is forced.
+    """
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    global _twice_depth
+    with _lock:
+        _twice_depth += 1
+    try:
+        with sdpa_kernel([SDPBackend.MATH]):
+            yield
+    finally:
+        with _lock:
+            _twice_depth -= 1

@@ -1,5 +1,4 @@
-"""Paper-specific orchestration called by the notebooks: which runs a pipeline trains and evaluates.
-
-Generic logic lives elsewhere (models, train, eval, analysis); these modules only map a profile's
-paper section onto it.
+"""One package per paper: ``lmrepro.papers.<paper>`` with ``config``, ``runs``, ``evaluate``, ``report`` and
+``artifacts``. Each maps its params section onto the generic core (models, train, eval, analysis); nothing
+here is imported by the core. The loader finds papers by folder (``lmrepro.config.paper_schemas``).
 """

@@ -32,6 +32,7 @@ from ..eval.loss import evaluate_loss
 from ..models import DecoderLM, LMSpec
 from ..ops.dispatch import reset_backends_used
 from . import checkpoint as ckpt
+from .device import autocast_dtype, default_device
 from .schedule import lr_multiplier
 
 log = logging.getLogger(__name__)
@@ -51,12 +52,10 @@ class TrainResult:
 
 
 def make_accelerator(precision: str = "auto") -> Accelerator:
-    """bf16 autocast on CUDA, fp32 on CPU (``precision='auto'``)."""
-    cuda = torch.cuda.is_available()
-    if precision == "bf16" and not cuda:
-        raise ValueError("train.precision: 'bf16' needs a CUDA device; use 'auto' or 'fp32' on CPU")
-    mixed = "bf16" if (precision == "bf16" or (precision == "auto" and cuda)) else "no"
-    return Accelerator(cpu=not cuda, mixed_precision=mixed)
+    """bf16 autocast on CUDA, fp32 on CPU (``precision='auto'``); see :mod:`.device` (strict rule)."""
+    dev = default_device()
+    mixed = "bf16" if autocast_dtype(precision, dev, strict=True) is not None else "no"
+    return Accelerator(cpu=dev.type != "cuda", mixed_precision=mixed)
 
 
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
@@ -85,7 +84,8 @@ class Trainer:
         self.train_tokens = ShardedTokens(train_dir)
         self.val_tokens = ShardedTokens(val_dir) if val_dir is not None else None
         if self.train_tokens.vocab_size > spec.vocab_size:
-            raise ValueError(f"shards in {train_dir} use vocab {self.train_tokens.vocab_size} > model vocab {spec.vocab_size}")
+            raise ValueError(f"shards in {train_dir} use vocab {self.train_tokens.vocab_size} "
+                             f"> model vocab {spec.vocab_size}")
         self.sampler = ChunkSampler(self.train_tokens, cfg.seq_len, cfg.seed)
         self.out_dir, self.log_path = Path(out_dir), Path(log_path) if log_path else None
         self.provenance_path = Path(provenance_path) if provenance_path else None
@@ -106,7 +106,8 @@ class Trainer:
         model = DecoderLM(self.spec)
         optimizer = build_optimizer(model, self.cfg)
         total = self.cfg.max_steps
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(lr_multiplier, total_steps=total, cfg=self.cfg))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer,
+                                                      partial(lr_multiplier, total_steps=total, cfg=self.cfg))
         return model, optimizer, scheduler
 
     def _resume(self, model, optimizer, scheduler) -> dict[str, Any] | None:
@@ -164,7 +165,8 @@ class Trainer:
             done = step + 1
             tokens = done * global_tokens
             row = {"step": done, "tokens": tokens, "loss": loss_value, "lr": lr, "grad_norm": grad_norm}
-            if cfg.eval_every_steps and self.val_tokens is not None and (done % cfg.eval_every_steps == 0 or done == total):
+            if (cfg.eval_every_steps and self.val_tokens is not None
+                    and (done % cfg.eval_every_steps == 0 or done == total)):
                 row["val_loss"] = self._val_loss(model)
             if done % cfg.log_every_steps == 0 or done == total or "val_loss" in row:
                 row["elapsed_s"] = round(time.perf_counter() - t0, 3)

@@ -46,7 +46,8 @@ class GatedDeltaNetMixer(nn.Module):
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor, cache: LayerCache | None = None) -> torch.Tensor:
         if self.restriction is not None:
-            raise NotImplementedError("receptive-field restriction is implemented for attention and lightning layers only")
+            raise NotImplementedError("receptive-field restriction is implemented for attention and lightning "
+                                      "layers only")
         b, t, _ = x.shape
         h = self.num_heads
         conv = cache.conv if cache is not None else {}

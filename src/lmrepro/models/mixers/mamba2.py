@@ -44,7 +44,8 @@ class Mamba2Mixer(nn.Module):
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor, cache: LayerCache | None = None) -> torch.Tensor:
         if self.restriction is not None:
-            raise NotImplementedError("receptive-field restriction is implemented for attention and lightning layers only")
+            raise NotImplementedError("receptive-field restriction is implemented for attention and lightning "
+                                      "layers only")
         b, t, _ = x.shape
         n, h = self.state_size, self.num_heads
         z, xbc, dt = self.in_proj(x).split([self.d_inner, self.d_inner + 2 * n, h], dim=-1)

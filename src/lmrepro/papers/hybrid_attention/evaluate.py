@@ -11,27 +11,24 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import Config
-from ..data import ShardedTokens, eval_windows, load_tokenizer
-from ..data.synthetic import make_probe_samples, make_task
-from ..eval.laziness import (NeedleSample, gradient_influence, influence_by_distance, retrieval_head_scores,
+from ...config import Config
+from ...data import ShardedTokens, eval_windows, load_tokenizer
+from ...data.synthetic import make_probe_samples, make_task
+from ...eval.laziness import (NeedleSample, gradient_influence, influence_by_distance, retrieval_head_scores,
                              top_heads, trace_heads, wu_retrieval_score)
-from ..eval.longppl import key_token_scores, load_key_tokens, long_ppl, save_key_tokens
-from ..eval.loss import evaluate_loss
-from ..eval.probes import layer_features, layerwise_probe
-from ..eval.ruler import evaluate_task
-from ..models.receptive import restrict_receptive_field
-from ..paths import Paths
-from ..train import load_model
-from .hybrid import checkpoints
+from ...eval.longppl import key_token_scores, load_key_tokens, long_ppl, save_key_tokens
+from ...eval.loss import evaluate_loss
+from ...eval.probes import layer_features, layerwise_probe
+from ...eval.ruler import evaluate_task
+from ...models.receptive import restrict_receptive_field
+from ...paths import Paths
+from ...train import load_model
+from . import artifacts
+from .runs import checkpoints
 
 
 def largest_size(cfg: Config) -> str:
     return list(cfg.hybrid_attention.sizes)[-1]
-
-
-def key_tokens_path(paths: Paths) -> Path:
-    return paths.data / "hybrid" / "key_tokens.safetensors"
 
 
 def longppl_docs(cfg: Config, paths: Paths) -> torch.Tensor:
@@ -49,7 +46,7 @@ def compute_key_tokens(cfg: Config, paths: Paths, evaluator_dir: Path) -> dict:
     block = max(1, round(h.longppl.block_fraction * h.seq_len))
     evaluator = load_model(evaluator_dir)
     scores = key_token_scores(evaluator, docs, truncation=k, block=block)
-    path = key_tokens_path(paths)
+    path = artifacts.key_tokens(paths)
     path.parent.mkdir(parents=True, exist_ok=True)
     mask = save_key_tokens(path, docs, scores["lsd"], scores["lcl"], evaluator_id=str(evaluator_dir),
                            truncation=k, block=block, lsd_threshold=h.longppl.lsd_threshold,
@@ -66,7 +63,7 @@ def _val_batches(cfg: Config, paths: Paths):
 
 def evaluate_checkpoints(cfg: Config, paths: Paths, arch: str) -> list[dict]:
     """Validation loss and LongPPL of every budget snapshot of every size of ``arch``."""
-    keys = load_key_tokens(key_tokens_path(paths))
+    keys = load_key_tokens(artifacts.key_tokens(paths))
     rows = []
     for size in cfg.hybrid_attention.sizes:
         for tokens, folder in checkpoints(paths, arch, size):
@@ -83,7 +80,7 @@ def restriction_sweep(cfg: Config, paths: Paths, arch: str) -> list[dict]:
     """LongPPL of the final model of the largest size with the full-attention layers, or the efficient
     layers, restricted to a window + sinks at inference (claim 3)."""
     r = cfg.hybrid_attention.restriction
-    keys = load_key_tokens(key_tokens_path(paths))
+    keys = load_key_tokens(artifacts.key_tokens(paths))
     model = load_model(checkpoints(paths, arch, largest_size(cfg))[-1][1])
     base = long_ppl(model, keys["docs"], keys["key_mask"])["longppl"]
     rows = [{"arch": arch, "target": "none", "window": 0, "longppl": base, "ratio": 1.0}]
@@ -121,7 +118,8 @@ def probe_sweep(cfg: Config, paths: Paths, arch: str) -> list[dict]:
     p = cfg.hybrid_attention.probes
     tok = load_tokenizer(paths.tokenizer)
     samples = make_probe_samples(tok, _haystack(paths), cfg.hybrid_attention.seq_len, p.samples, seed=7,
-                                 n_candidates=p.candidates, value_digits=max(2, cfg.hybrid_attention.ruler.value_digits))
+                                 n_candidates=p.candidates,
+                                 value_digits=max(2, cfg.hybrid_attention.ruler.value_digits))
     labels = np.array([s.label for s in samples])
     model = load_model(checkpoints(paths, arch, largest_size(cfg))[-1][1])
     feats = layer_features(model, [torch.tensor(s.prompt_ids) for s in samples])
@@ -151,7 +149,8 @@ def laziness(cfg: Config, paths: Paths, arch: str) -> dict[str, list[dict]]:
     samples = make_task("single_needle", tok, hay, cfg.hybrid_attention.seq_len, lz.samples, seed=11,
                         value_digits=cfg.hybrid_attention.ruler.value_digits)
     needles = [NeedleSample(s.prompt_ids, s.answer_positions[0]) for s in samples]
-    infl = np.mean([influence_by_distance(gradient_influence(final, torch.tensor([s.prompt_ids]), last=lz.last_positions))
+    infl = np.mean([influence_by_distance(gradient_influence(final, torch.tensor([s.prompt_ids]),
+                                                             last=lz.last_positions))
                     for s in samples], axis=0)
     influence = [{"arch": arch, "distance": d, "influence": float(v)} for d, v in enumerate(infl)]
     n_full_heads = sum(b.mixer.num_heads for b in final.layers if b.layer.is_full_attention)

@@ -3,7 +3,8 @@
 Base model: our foundation baseline (``data/models/<base>/final``, smoke/laptop) or any HF causal LM
 (``hf_model``, paper profile), through the same PEFT wrapping and the same loop (lmrepro.lora.finetune).
 
-Tasks (fixed splits, written once by the ``lora-data`` stage to ``data/lora/<task>.safetensors``):
+Tasks (fixed splits, written once by the ``data`` stage to ``data/lora_alpha/<task>.safetensors``; every file
+name is in :mod:`.artifacts`, the encoding of texts and examples in :mod:`lmrepro.data.sft`):
   domain     language modeling on a held-out domain: windows [N, seq_len + 1], every token supervised
              (package READMEs from site-packages on the laptop; an HF text dataset at paper scale)
   reasoning  SFT, loss on the response tokens only (the synthetic arithmetic task with exact-match answers on
@@ -19,43 +20,30 @@ import json
 import math
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..config import Config
-from ..config.lora import LoraAlphaConfig
-from ..data.reasoning import IGNORE_INDEX, Example, make_reasoning_split, pack_sft
-from ..lora import AlphaChoice, apply_lora, loraplus_optimizer
-from ..lora.finetune import FinetuneResult, encode_prompt, finetune, make_lr_schedule, sft_loss, tokenizer_eos
-from ..paths import Paths
+from ...config import Config
+from ...data.reasoning import IGNORE_INDEX, Example, make_reasoning_split
+from ...data.sft import encode_examples, interleaved_halves, lm_tensors, windows_from_texts
+from ...eval.loss import evaluate_sft_loss
+from ...lora import AlphaChoice, apply_lora, loraplus_optimizer
+from ...lora.finetune import FinetuneResult, finetune, make_lr_schedule
+from ...paths import Paths
+from ...train.device import autocast_dtype, default_device
+from . import artifacts
+from .config import LoraAlphaConfig
 
-PAPER = "lora_alpha"
+PAPER = artifacts.PAPER
 SPLITS = ("train", "select", "report")
 
 
 def section(cfg: Config) -> LoraAlphaConfig:
-    if cfg.lora_alpha is None:
-        raise ValueError(f"profile {cfg.profile!r} has no lora_alpha section in params.yaml")
-    return cfg.lora_alpha
-
-
-def configure(cfg: Config) -> None:
-    """Process settings of a LoRA stage: torch CPU threads (``threads``)."""
-    if section(cfg).threads is not None:
-        torch.set_num_threads(section(cfg).threads)
-
-
-def device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def autocast_dtype(cfg: Config) -> torch.dtype | None:
-    """bf16 autocast on CUDA for precision auto/bf16; fp32 on CPU (autocast would only slow it down)."""
-    p = section(cfg).train.precision
-    return torch.bfloat16 if p == "bf16" or (p == "auto" and device().type == "cuda") else None
+    if cfg.papers.get(PAPER) is None:
+        raise ValueError(f"profile {cfg.profile!r} has no {PAPER} section in params.yaml")
+    return cfg.papers[PAPER]
 
 
 # ------------------------------------------------------------------------------------------ base model
@@ -64,7 +52,7 @@ def load_tokenizer_for(cfg: Config, paths: Paths):
     """The base model's tokenizer: ours (``data/tokenizer``) or the HF model's."""
     la = section(cfg)
     if la.hf_model is None:
-        from ..data import load_tokenizer
+        from ...data import load_tokenizer
 
         return load_tokenizer(paths.tokenizer)
     from transformers import AutoTokenizer
@@ -77,98 +65,46 @@ def load_tokenizer_for(cfg: Config, paths: Paths):
 
 
 def load_base(cfg: Config, paths: Paths) -> tuple[torch.nn.Module, Any]:
-    """(base model in train mode on :func:`device`, tokenizer). Every run fine-tunes a deep copy of it."""
+    """(base model in train mode on the default device, tokenizer). Every run fine-tunes a deep copy of it."""
     la = section(cfg)
     if la.hf_model is None:
-        from ..train import load_model
+        from ...train import load_model
 
-        folder = paths.model(la.base) / "final"
-        model = load_model(folder)
+        model = load_model(artifacts.base_model(paths, la.base))
         tokenizer = load_tokenizer_for(cfg, paths)
     else:
-        from ..lora.hf_models import load_causal_lm
+        from ...lora.hf_models import load_causal_lm
 
         h = la.hf_model
         model, tokenizer = load_causal_lm(h.name, dtype=h.dtype, revision=h.revision,
                                           trust_remote_code=h.trust_remote_code)
     for p in model.parameters():
         p.requires_grad_(True)
-    return model.to(device()).train(), tokenizer
+    return model.to(default_device()).train(), tokenizer
 
 
-def base_id(cfg: Config) -> str:
+def base_id(cfg: Config, paths: Paths) -> str:
     la = section(cfg)
-    return la.hf_model.name if la.hf_model is not None else f"data/models/{la.base}/final"
+    return la.hf_model.name if la.hf_model is not None else artifacts.base_model_id(paths, la.base)
 
 
 # ------------------------------------------------------------------------------------------ task data
 
-def task_dir(paths: Paths) -> Path:
-    return paths.data / "lora"
-
-
-def _encode_text(tokenizer, text: str) -> list[int]:
-    if hasattr(tokenizer, "eos_token_id"):  # transformers tokenizer
-        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
-    return tokenizer.encode(text, add_special_tokens=False).ids
-
-
-def _pad_id(tokenizer) -> int:
-    if hasattr(tokenizer, "eos_token_id"):
-        return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    from ..data.reasoning import pad_id
-
-    return pad_id(tokenizer)
-
-
-def windows_from_texts(tokenizer, texts, seq_len: int, max_windows: int | None = None) -> torch.Tensor:
-    """[N, seq_len + 1] windows tiling the stream of documents, each followed by EOS (as the pretraining
-    shards and :func:`lmrepro.data.domains.domain_windows` do), for a project or an HF tokenizer."""
-    eos, stream = tokenizer_eos(tokenizer), []
-    for text in texts:
-        stream += _encode_text(tokenizer, text) + [eos]
-        if max_windows is not None and len(stream) > max_windows * seq_len:
-            break
-    n = (len(stream) - 1) // seq_len
-    n = n if max_windows is None else min(n, max_windows)
-    if n < 1:
-        raise ValueError(f"{len(stream)} tokens give no window of {seq_len + 1}; use more documents or a shorter seq_len")
-    return torch.tensor(stream[: n * seq_len + 1], dtype=torch.long).unfold(0, seq_len + 1, seq_len).contiguous()
-
-
-def encode_examples(examples: Sequence[Example], tokenizer, max_len: int) -> dict[str, torch.Tensor]:
-    """SFT tensors (input_ids, labels, lengths; see :func:`lmrepro.data.reasoning.pack_sft`) for a project or an HF
-    tokenizer: the prompt as :func:`~lmrepro.lora.finetune.encode_prompt` encodes it for generation, then the
-    target and EOS."""
-    eos = tokenizer_eos(tokenizer)
-    pairs = [(encode_prompt(tokenizer, e.prompt), _encode_text(tokenizer, e.target) + [eos]) for e in examples]
-    return pack_sft(pairs, _pad_id(tokenizer), max_len)
-
-
-def _halves(data: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """Interleaved halves (even rows: select, odd rows: report): both sample the whole validation split."""
-    return {k: v[0::2] for k, v in data.items()}, {k: v[1::2] for k, v in data.items()}
-
-
-def _lm(windows: torch.Tensor) -> dict[str, torch.Tensor]:
-    return {"input_ids": windows, "labels": windows.clone()}
-
-
 def build_domain(cfg: Config, paths: Paths, tokenizer) -> tuple[dict[str, dict[str, torch.Tensor]], dict]:
     t = section(cfg).tasks.domain
     if t.source == "package-docs":
-        from ..data.domains import build_domain_corpus, iter_domain_documents
+        from ...data.domains import build_domain_corpus, iter_domain_documents
 
         manifest = build_domain_corpus(max_documents=t.max_documents, seed=section(cfg).seed,
                                        val_fraction=t.val_fraction, min_chars=t.min_chars)
-        (task_dir(paths) / "domain_manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+        artifacts.domain_manifest(paths).write_text(json.dumps(manifest, indent=1) + "\n")
 
         def texts(split):
             return (text for _, text in iter_domain_documents(manifest, split))
         meta = {"source": "package-docs", "documents": manifest["num_documents"], "bytes": manifest["num_bytes"]}
     else:
-        from ..data.corpus import assign_split
-        from ..data.hf_source import stream_hf_documents
+        from ...data.corpus import assign_split
+        from ...data.hf_source import stream_hf_documents
 
         h = t.hf
         docs = list(stream_hf_documents(h.path, h.name, h.split, h.text_field, h.data_files, h.max_documents))
@@ -179,10 +115,10 @@ def build_domain(cfg: Config, paths: Paths, tokenizer) -> tuple[dict[str, dict[s
         meta = {"source": f"hf:{h.path}", "documents": len(docs)}
     train = windows_from_texts(tokenizer, texts("train"), t.seq_len, t.train_windows)
     val = windows_from_texts(tokenizer, texts("validation"), t.seq_len, t.val_windows)
-    select, report = _halves(_lm(val))
+    select, report = interleaved_halves(lm_tensors(val))
     meta.update(train_windows=int(train.shape[0]), select_windows=int(select["input_ids"].shape[0]),
                 report_windows=int(report["input_ids"].shape[0]), seq_len=t.seq_len)
-    return {"train": _lm(train), "select": select, "report": report}, meta
+    return {"train": lm_tensors(train), "select": select, "report": report}, meta
 
 
 def build_reasoning(cfg: Config, paths: Paths, tokenizer) -> tuple[dict[str, dict[str, torch.Tensor]], dict]:
@@ -192,13 +128,13 @@ def build_reasoning(cfg: Config, paths: Paths, tokenizer) -> tuple[dict[str, dic
         train, val = make_reasoning_split(t.n_train, t.n_val, seed=la.seed, steps=t.steps, max_operand=t.max_operand,
                                           max_multiplier=t.max_multiplier)
         report_examples = val[1::2][: t.accuracy_examples]
-        (task_dir(paths) / "reasoning_report_examples.json").write_text(
+        artifacts.report_examples(paths).write_text(
             json.dumps([e.__dict__ for e in report_examples], indent=1) + "\n")
         tensors = {"train": encode_examples(train, tokenizer, t.max_len)}
-        tensors["select"], tensors["report"] = _halves(encode_examples(val, tokenizer, t.max_len))
+        tensors["select"], tensors["report"] = interleaved_halves(encode_examples(val, tokenizer, t.max_len))
         meta = {"source": "synthetic", "example": train[0].__dict__}
     else:
-        from ..lora.hf_models import hf_sft_dataset
+        from ...lora.hf_models import hf_sft_dataset
 
         h = t.hf
         data = hf_sft_dataset(h.path, tokenizer, t.max_len, name=h.name, split=h.split, prompt_field=h.prompt_field,
@@ -209,23 +145,24 @@ def build_reasoning(cfg: Config, paths: Paths, tokenizer) -> tuple[dict[str, dic
             raise ValueError(f"{h.path}: {n} usable examples, not more than val_examples={h.val_examples}")
         cut = n - h.val_examples
         tensors = {"train": {k: v[:cut] for k, v in data.items()}}
-        tensors["select"], tensors["report"] = _halves({k: v[cut:] for k, v in data.items()})
+        tensors["select"], tensors["report"] = interleaved_halves({k: v[cut:] for k, v in data.items()})
         meta = {"source": f"hf:{h.path}"}
     meta.update({f"{split}_examples": int(v["input_ids"].shape[0]) for split, v in tensors.items()})
-    meta["supervised_tokens_per_example"] = float((tensors["train"]["labels"][:, 1:] != IGNORE_INDEX).sum(1).float().mean())
+    supervised = tensors["train"]["labels"][:, 1:] != IGNORE_INDEX
+    meta["supervised_tokens_per_example"] = float(supervised.sum(1).float().mean())
     return tensors, meta
 
 
 def prepare_tasks(cfg: Config, paths: Paths) -> dict:
-    """Build both tasks and write ``data/lora/<task>.safetensors`` (keys ``<split>.<tensor>``); a summary dict."""
-    out = task_dir(paths)
-    out.mkdir(parents=True, exist_ok=True)
+    """Build both tasks and write ``data/lora_alpha/<task>.safetensors`` (keys ``<split>.<tensor>``); a summary
+    dict."""
+    artifacts.task_dir(paths).mkdir(parents=True, exist_ok=True)
     tokenizer = load_tokenizer_for(cfg, paths)
-    summary = {"base": base_id(cfg)}
+    summary = {"base": base_id(cfg, paths)}
     for task, build in (("domain", build_domain), ("reasoning", build_reasoning)):
         tensors, meta = build(cfg, paths, tokenizer)
         flat = {f"{split}.{k}": v.contiguous() for split, d in tensors.items() for k, v in d.items()}
-        save_file(flat, str(out / f"{task}.safetensors"))
+        save_file(flat, str(artifacts.task_file(paths, task)))
         summary[task] = meta
     return summary
 
@@ -240,52 +177,19 @@ class TaskData:
 
 
 def load_task(paths: Paths, task: str) -> TaskData:
-    path = task_dir(paths) / f"{task}.safetensors"
+    path = artifacts.task_file(paths, task)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: missing; run the lora-data stage first")
+        raise FileNotFoundError(f"{path}: missing; run the {PAPER} data stage first")
     flat = load_file(str(path))
     splits = {s: {k.split(".", 1)[1]: v for k, v in flat.items() if k.startswith(f"{s}.")} for s in SPLITS}
     examples = []
-    ex_path = task_dir(paths) / "reasoning_report_examples.json"
+    ex_path = artifacts.report_examples(paths)
     if task == "reasoning" and ex_path.is_file():
         examples = [Example(**e) for e in json.loads(ex_path.read_text())]
     return TaskData(task, splits["train"], splits["select"], splits["report"], examples)
 
 
 # ------------------------------------------------------------------------------------------ one run
-
-@torch.no_grad()
-def eval_loss(model: torch.nn.Module, data: dict[str, torch.Tensor], batch_size: int = 16,
-              autocast: torch.dtype | None = None) -> float:
-    """Token-weighted mean loss over every supervised token of ``data`` (eval mode; NaN if non-finite)."""
-    was = model.training
-    model.eval()
-    total, count = 0.0, 0
-    dev = next(model.parameters()).device
-    try:
-        for start in range(0, data["input_ids"].shape[0], batch_size):
-            batch = {k: v[start:start + batch_size].to(dev) for k, v in data.items()}
-            if "lengths" in batch:
-                width = int(batch["lengths"].max())
-                batch = {k: (v[:, :width] if v.dim() == 2 else v) for k, v in batch.items()}
-            ctx = torch.autocast(dev.type, dtype=autocast) if autocast else _null()
-            with ctx:
-                loss, n = sft_loss(model, batch)
-            total += float(loss) * n
-            count += n
-    finally:
-        model.train(was)
-    value = total / count
-    return value if math.isfinite(value) else math.nan
-
-
-class _null:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
-
 
 @dataclass(frozen=True)
 class RunSpec:
@@ -326,11 +230,11 @@ def train_run(cfg: Config, base: torch.nn.Module, data: TaskData, spec: RunSpec,
     steps = steps or tr.steps[data.name]
     seed = la.seed if seed is None else seed
     model = model if model is not None else make_model(base, spec, la.target_modules, seed)
-    amp = autocast_dtype(cfg)
+    amp = autocast_dtype(tr.precision)
     eval_fn = None
     if eval_split is not None:
         split = getattr(data, eval_split)
-        eval_fn = lambda m: {"eval_loss": eval_loss(m, split, autocast=amp)}  # noqa: E731
+        eval_fn = lambda m: {"eval_loss": evaluate_sft_loss(m, split, autocast=amp)}  # noqa: E731
     result = finetune(model, make_optimizer(spec, tr.weight_decay), data.train, steps, batch_size=tr.batch_size,
                       lr_schedule=make_lr_schedule(steps, tr.schedule, tr.warmup_fraction, tr.min_lr_ratio),
                       eval_fn=eval_fn, eval_every=eval_every, callbacks=callbacks, grad_clip=tr.grad_clip, seed=seed,
@@ -341,13 +245,14 @@ def train_run(cfg: Config, base: torch.nn.Module, data: TaskData, spec: RunSpec,
 def run_summary(cfg: Config, model: torch.nn.Module, data: TaskData, result: FinetuneResult,
                 splits: Sequence[str] = ("select", "report")) -> dict[str, Any]:
     """Final numbers of a run: validation losses (NaN after divergence), last training losses, wall time."""
-    amp = autocast_dtype(cfg)
+    amp = autocast_dtype(section(cfg).train.precision)
     losses = [r["loss"] for r in result.rows]
     tail = [x for x in losses[-max(1, len(losses) // 10):] if math.isfinite(x)]
     row = {"steps_done": result.steps_done, "diverged": bool(result.diverged),
            "train_loss_end": sum(tail) / len(tail) if tail else math.nan, "elapsed_s": result.elapsed_s}
     for split in splits:
-        row[f"{split}_loss"] = math.nan if result.diverged else eval_loss(model, getattr(data, split), autocast=amp)
+        row[f"{split}_loss"] = (math.nan if result.diverged
+                                else evaluate_sft_loss(model, getattr(data, split), autocast=amp))
     return row
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .schema_tools import bounded, require
+from ...config.schema_tools import bounded, require
 
 # The paper's seven architectures plus its proposal; every one is a layer-wise hybrid except "full".
 ARCHITECTURES = ("full", "swa-small", "swa-mid", "swa-large", "lightning", "mamba2", "gdn", "swa-small-nope")
@@ -58,7 +58,8 @@ class ProbeConfig:
     test_fraction: float = bounded(0.2, min=0.05, max=0.5)
 
     def check(self, path: str) -> None:
-        require(self.candidates <= 10, f"{path}.candidates", f"{self.candidates} > 10: candidates differ in one last digit")
+        require(self.candidates <= 10, f"{path}.candidates",
+                f"{self.candidates} > 10: candidates differ in one last digit")
         n_test = -(-self.samples * self.test_fraction // 1)
         require(n_test >= self.candidates and self.samples - n_test >= self.candidates, f"{path}.samples",
                 f"{self.samples} samples × test_fraction {self.test_fraction} leaves a split smaller than the "
@@ -78,8 +79,11 @@ class HybridConfig:
     """Pretraining sweep (all of ARCHITECTURES × sizes, several token budgets each) and its evaluations.
     The architectures are the paper's and fixed (dvc.yaml iterates over them); a profile sets the scale."""
 
+    architectures: list[str] = bounded(list(ARCHITECTURES), choices=ARCHITECTURES,
+                                       doc="the pipeline's foreach list (pipelines/hybrid_attention/dvc.yaml)")
     seq_len: int = bounded(min=16, doc="training context")
-    window_fractions: dict[str, float] = field(default_factory=lambda: {"small": 1 / 128, "mid": 1 / 32, "large": 1 / 8})
+    window_fractions: dict[str, float] = field(
+        default_factory=lambda: {"small": 1 / 128, "mid": 1 / 32, "large": 1 / 8})
     full_attention_every: int = bounded(4, min=1, doc="the last layer of each group of k is full attention")
     tie_embeddings: bool = False
     sizes: dict[str, HybridSize]
@@ -120,3 +124,8 @@ class HybridConfig:
                     f"{size.num_heads} heads must divide hidden_size {size.hidden_size} into an even head dim")
             require(size.max_tokens >= self.batch_size * self.seq_len, f"{path}.sizes.{name}.max_tokens",
                     f"{size.max_tokens} is less than one step ({self.batch_size * self.seq_len} tokens)")
+
+
+# The loader (lmrepro.config.paper_schemas) finds the paper by its folder and types its section with SCHEMA.
+SCHEMA = HybridConfig
+ORDER = 1

@@ -1,6 +1,6 @@
 """Paper 2 report: read the evaluation tables, fit the loss-matched power laws, compute each claim's metric.
 
-Metrics (named in params.yaml's claims; all from our own numbers; "the ablation size" is the profile's
+Metrics (named in pipelines/xformer/claims.yaml; all from our own numbers; "the ablation size" is the profile's
 ``xformer.ablation_size``, "largest" the largest size):
   x_loss_gap_max             max over sizes of (val loss X − val loss baseline); < 0: X better at every size
   flop_ratio_equal_params    forward FLOPs X / baseline at the largest size (brief's formula, equal parameters)
@@ -22,27 +22,29 @@ Evidence for the loss metrics includes the paired standard error of each differe
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
-from ..analysis.scaling import compute_ratio_at_equal_loss, fit_power_law
-from ..config.xformer import VARIANTS
+from ...analysis.scaling import compute_ratio_at_equal_loss, fit_power_law
+from ...paths import Paths
+from . import artifacts
+from .config import VARIANTS
 
 OTHER_SHAPES = ("diamond", "increasing", "decreasing")
 
 
-def load_tables(results: Path) -> dict[str, pd.DataFrame]:
-    results = Path(results)
-    tables = {"runs": pd.read_csv(results / "runs.csv"), "windows": pd.read_csv(results / "window_losses.csv")}
-    for name in ("entropy", "density", "participation", "utilization", "logit_lens"):
-        path = results / "analysis" / f"{name}.csv"
+def load_tables(paths: Paths) -> dict[str, pd.DataFrame]:
+    """The evaluate and analyze stages' tables and every run's training log (``artifacts`` names them)."""
+    tables = {"runs": pd.read_csv(artifacts.runs_table(paths)),
+              "windows": pd.read_csv(artifacts.window_losses(paths))}
+    for name in artifacts.ANALYSIS_TABLES:
+        path = artifacts.analysis_table(paths, name)
         tables[name] = pd.read_csv(path) if path.is_file() else pd.DataFrame()
     frames = []
-    for path in sorted((results / "train").glob("*/*.csv")):
-        frames.append(pd.read_csv(path).assign(variant=path.parent.name, size=path.stem))
+    for variant, size, path in artifacts.train_logs(paths):
+        frames.append(pd.read_csv(path).assign(variant=variant, size=size))
     tables["train"] = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     return tables
 
@@ -160,7 +162,7 @@ def claim_values(tables: dict[str, pd.DataFrame]) -> tuple[dict[str, float], dic
     values["x_minus_best_shape"] = _loss(runs, "x", ab) - shapes[best]
     evidence["x_minus_best_shape"] = {"ablation_size": ab, "best_other_shape": best,
                                       "val_loss": {"x": round(_loss(runs, "x", ab), 4),
-                                                   **{v: round(l, 4) for v, l in shapes.items()}},
+                                                   **{v: round(loss, 4) for v, loss in shapes.items()}},
                                       "paired_se_vs_best": round(paired_se(windows, "x", best, ab), 4)}
 
     ent = tables["entropy"]

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .schema_tools import bounded, require
+from ...config.schema_tools import bounded, require
 
 TASKS = ("domain", "reasoning")
 #: The methods compared at their best settings (claim 6); "full" is full fine-tuning.
@@ -288,6 +288,8 @@ class MechanismsConfig:
 class LoraAlphaConfig:
     """The LoRA-α study: base model, tasks, the α × lr sweep, the methods, the mechanisms."""
 
+    task_names: list[str] = bounded(list(TASKS), choices=TASKS,
+                                    doc="the pipeline's foreach list (pipelines/lora_alpha/dvc.yaml)")
     base: str = bounded("baseline", doc="smoke/laptop: run name of our pretrained model in data/models/<base>/final")
     hf_model: HFModelConfig | None = field(default=None, metadata={"doc": "paper: an HF causal LM instead of base"})
     target_modules: list[str] = bounded(list(DEFAULT_TARGETS), doc="linear layers PEFT adapts (its matching)")
@@ -303,3 +305,8 @@ class LoraAlphaConfig:
 
     def check(self, path: str) -> None:
         require(len(self.target_modules) >= 1, f"{path}.target_modules", "name at least one linear layer")
+
+
+# The loader (lmrepro.config.paper_schemas) finds the paper by its folder and types its section with SCHEMA.
+SCHEMA = LoraAlphaConfig
+ORDER = 3

@@ -15,14 +15,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..config import Config
-from ..config.lora import METHODS
-from ..lora import (SignalDrift, alpha_for, layerwise_report, lora_vs_full_curvature, mean_over_layers,
-                    run_mlp_experiment, total_ratio)
-from ..lora.alpha import AlphaChoice
-from ..lora.curvature import twice_differentiable
-from ..lora.finetune import reasoning_accuracy, sft_loss
-from .lora import (RunSpec, TaskData, Timer, curve_rows, make_model, run_summary, section, train_run)
+from ...config import Config
+from ...lora import (SignalDrift, alpha_for, layerwise_report, lora_vs_full_curvature, mean_over_layers,
+                     run_mlp_experiment, total_ratio)
+from ...lora.alpha import AlphaChoice
+from ...lora.finetune import reasoning_accuracy, sft_loss
+from .config import METHODS
+from .runs import RunSpec, TaskData, Timer, curve_rows, make_model, run_summary, section, train_run
 
 LORA_STYLE = tuple(m for m in METHODS if m != "full")
 

@@ -1,7 +1,8 @@
 """Paper 3 report: read the sweep, method and mechanism tables, fit α* ∝ r^k, compute each claim's metric.
 
-Metrics (named in params.yaml's claims; all from our numbers; "loss" is the validation loss of the task: every
-token of the held-out domain, the response tokens of the reasoning task; ``<task>`` is domain or reasoning):
+Metrics (named in pipelines/lora_alpha/claims.yaml; all from our numbers; "loss" is the validation loss of the
+task: every token of the held-out domain, the response tokens of the reasoning task; ``<task>`` is domain or
+reasoning):
   alpha_vs_lr_gap_<task>       claim 1: at equal effective step (the multipliers m common to both axes of the
                                sweep, from the base point α = r, base_lr): min_m loss(lr ×m, α = r) −
                                min_m loss(α ×m, base_lr), mean over the ranks with the full cross product
@@ -33,7 +34,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .lora_eval import LORA_STYLE, best_alpha, fit_alpha_law
+from ...paths import Paths
+from . import artifacts
+from .evaluate import LORA_STYLE, best_alpha, fit_alpha_law
 
 TASKS = ("domain", "reasoning")
 VANILLA = ("lora_2r", "lora_16")
@@ -47,17 +50,17 @@ def _read(path: Path) -> pd.DataFrame:
     return pd.read_csv(path) if path.is_file() else pd.DataFrame()
 
 
-def load_tables(results: Path) -> dict[str, pd.DataFrame]:
-    results = Path(results)
+def load_tables(paths: Paths) -> dict[str, pd.DataFrame]:
+    """Every table of the sweep, methods and mechanisms stages (empty where a stage has not run)."""
     t = {}
-    for name in ("runs", "curves"):
-        t[f"sweep_{name}"] = pd.concat([_read(results / "sweep" / task / f"{name}.csv") for task in TASKS],
-                                       ignore_index=True)
-    for name in ("runs", "curves", "summary", "layerwise"):
-        t[f"methods_{name}"] = pd.concat([_read(results / "methods" / task / f"{name}.csv") for task in TASKS],
-                                         ignore_index=True)
-    for name in ("signal_drift", "curvature", "mlp"):
-        t[name] = _read(results / "mechanisms" / f"{name}.csv")
+    for name in artifacts.SWEEP_TABLES:
+        t[f"sweep_{name}"] = pd.concat([_read(artifacts.table(artifacts.sweep_dir(paths, task), name))
+                                        for task in TASKS], ignore_index=True)
+    for name in artifacts.METHODS_TABLES:
+        t[f"methods_{name}"] = pd.concat([_read(artifacts.table(artifacts.methods_dir(paths, task), name))
+                                          for task in TASKS], ignore_index=True)
+    for name in artifacts.MECHANISMS_TABLES:
+        t[name] = _read(artifacts.table(artifacts.mechanisms_dir(paths), name))
     return t
 
 
@@ -157,7 +160,8 @@ def signal_drift_summary(sd: pd.DataFrame, skip_steps: int = 1) -> pd.DataFrame:
     if sd.empty:
         return pd.DataFrame()
     sd = sd[sd.step > skip_steps]
-    return sd.groupby(["axis", "multiplier"])[["signal", "drift", "ratio", "total_ratio", "alignment"]].mean().reset_index()
+    columns = ["signal", "drift", "ratio", "total_ratio", "alignment"]
+    return sd.groupby(["axis", "multiplier"])[columns].mean().reset_index()
 
 
 def _slope(x, y) -> float:
@@ -174,7 +178,8 @@ def drift_slope_gap(sd: pd.DataFrame, skip_steps: int = 1) -> tuple[float, dict]
     for axis in ("lr", "alpha"):
         g = s[s.axis == axis]
         slopes[axis] = {q: _slope(g.multiplier, g[q]) for q in ("ratio", "signal", "drift")}
-    ev = {"slope_ratio_vs_lr": round(slopes["lr"]["ratio"], 4), "slope_ratio_vs_alpha": round(slopes["alpha"]["ratio"], 4),
+    ev = {"slope_ratio_vs_lr": round(slopes["lr"]["ratio"], 4),
+          "slope_ratio_vs_alpha": round(slopes["alpha"]["ratio"], 4),
           "slope_signal_vs_lr": round(slopes["lr"]["signal"], 4),
           "slope_signal_vs_alpha": round(slopes["alpha"]["signal"], 4),
           "mean_ratio": {f"{a}×{m:g}": round(float(v), 5) for a, m, v in zip(s.axis, s.multiplier, s.ratio)}}
@@ -192,7 +197,8 @@ def exponent_metrics(stars: pd.DataFrame, fits: pd.DataFrame, task: str) -> tupl
     values[f"alpha_exponent_error_{task}"] = math.nan if censored else abs(float(fit.exponent) - 0.5)
     values[f"alpha_star_over_2r_{task}"] = float(np.median(np.log2(st.alpha_star / (2 * st["rank"]))))
     ev = {"exponent": round(float(fit.exponent), 4), "C": round(float(fit.C), 3), "C_sqrt": round(float(fit.C_sqrt), 3),
-          "r2": round(float(fit.r2), 4), "alpha_star_by_rank": dict(zip(st["rank"].astype(int), st.alpha_star.round(3))),
+          "r2": round(float(fit.r2), 4),
+          "alpha_star_by_rank": dict(zip(st["rank"].astype(int), st.alpha_star.round(3))),
           "at_edge_by_rank": dict(zip(st["rank"].astype(int), st.at_edge.astype(bool))),
           "exponent_at_other_lrs": {f"lr×{lm:g}": round(float(k), 3) for lm, k in
                                     zip(fits[fits.task == task].lr_multiplier, fits[fits.task == task].exponent)}}
@@ -238,7 +244,8 @@ def method_metrics(summary: pd.DataFrame, task: str) -> tuple[dict, dict]:
     ev = {"report_loss": table, "gain_over_best_other_by_rank": {int(r): round(g, 4) for r, g in gain.items()}}
     if "at_edge" in s:
         edge = s[s.at_edge.astype(bool)]
-        ev["best_setting_at_grid_edge"] = sorted({f"{m} r={r}" if m != "full" else m for m, r in zip(edge.method, edge["rank"])})
+        ev["best_setting_at_grid_edge"] = sorted({f"{m} r={r}" if m != "full" else m
+                                                  for m, r in zip(edge.method, edge["rank"])})
     if "accuracy" in s and s.accuracy.notna().any():
         ev["accuracy"] = {m: {int(r): round(float(a), 3) for r, a in zip(g["rank"], g.accuracy)}
                           for m, g in s.groupby("method")}
@@ -257,12 +264,14 @@ def mlp_gap(mlp: pd.DataFrame) -> tuple[float, dict]:
 
 
 def claim_values(tables: dict[str, pd.DataFrame], skip_steps: int = 1) -> tuple[dict[str, float], dict[str, dict]]:
-    """Each metric of the module docstring and the numbers behind it (evidence for the ledger)."""
+    """Each metric of the module docstring and the numbers behind it (evidence for the ledger, keyed by metric;
+    ``lmrepro.analysis.claims.publish`` writes it as strict JSON)."""
     values, evidence = {}, {}
     stars, fits = alpha_fits(tables["sweep_runs"])
     for task in TASKS:
         v, e = alpha_vs_lr_gap(tables["sweep_runs"], task)
-        values[f"alpha_vs_lr_gap_{task}"], evidence[f"alpha_vs_lr_gap_{task}"] = v, {**e, **noise(tables["sweep_runs"], task)}
+        values[f"alpha_vs_lr_gap_{task}"] = v
+        evidence[f"alpha_vs_lr_gap_{task}"] = {**e, **noise(tables["sweep_runs"], task)}
         v, e = exponent_metrics(stars, fits, task)
         values.update(v), evidence.update(e)
         v, e = method_metrics(tables["methods_summary"], task)
@@ -271,23 +280,7 @@ def claim_values(tables: dict[str, pd.DataFrame], skip_steps: int = 1) -> tuple[
     values["log10_curvature_ratio"], evidence["log10_curvature_ratio"] = curvature_ratio(tables["curvature"])
     values["drift_slope_gap"], evidence["drift_slope_gap"] = drift_slope_gap(tables["signal_drift"], skip_steps)
     values["mlp_divergence_gap"], evidence["mlp_divergence_gap"] = mlp_gap(tables["mlp"])
-    return values, {k: _finite_json(v) for k, v in evidence.items()}
-
-
-def _finite_json(obj):
-    """Evidence as strict JSON: non-finite numbers become None (json.dumps would write NaN / Infinity), numpy
-    scalars plain numbers, mapping keys strings."""
-    if isinstance(obj, dict):
-        return {str(k): _finite_json(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite_json(v) for v in obj]
-    if isinstance(obj, (np.bool_, bool)):
-        return bool(obj)
-    if isinstance(obj, (np.integer, int)):
-        return int(obj)
-    if isinstance(obj, (np.floating, float)):
-        return float(obj) if math.isfinite(obj) else None
-    return obj
+    return values, evidence
 
 
 def lora_style() -> tuple[str, ...]:

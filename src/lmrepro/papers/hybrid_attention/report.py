@@ -1,6 +1,6 @@
 """Paper 1 report: read the evaluation tables, fit scaling laws, compute each claim's metric.
 
-Metrics (named in params.yaml's claims; all from our own numbers, at the largest size):
+Metrics (named in pipelines/hybrid_attention/claims.yaml; all from our own numbers, at the largest size):
   loss_spread            (max − min) / min of the final validation loss across architectures
   longppl_spread_ratio   spread of ln LongPPL across architectures at the last snapshot ÷ at the first
   swa_large_early_gap    ln LongPPL of swa-large − max over the other architectures, first snapshot
@@ -18,26 +18,27 @@ Metrics (named in params.yaml's claims; all from our own numbers, at the largest
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from scipy.stats import binom
 
-from ..analysis.scaling import fit_scaling_law
-from ..config.hybrid import ARCHITECTURES
+from ...analysis.scaling import fit_scaling_law
+from ...paths import Paths
+from . import artifacts
+from .config import ARCHITECTURES
 
 
-def _read_all(folder: Path, name: str) -> pd.DataFrame:
-    frames = [pd.read_csv(p) for p in sorted(folder.glob(f"*/{name}.csv"))]
+def _read_all(paths: Paths, name: str) -> pd.DataFrame:
+    frames = [pd.read_csv(p) for p in artifacts.eval_tables(paths, name)]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-def load_tables(results: Path) -> dict[str, pd.DataFrame]:
-    results = Path(results)
-    tables = {name: _read_all(results / "eval", name) for name in ("checkpoints", "restriction", "ruler", "probes")}
-    for name in ("influence", "trace", "wu"):
-        path = results / "laziness" / f"{name}.csv"
+def load_tables(paths: Paths) -> dict[str, pd.DataFrame]:
+    """Every evaluation table (all architectures concatenated) and the laziness tables; empty when absent."""
+    tables = {name: _read_all(paths, name) for name in artifacts.EVAL_TABLES}
+    for name in artifacts.LAZINESS_TABLES:
+        path = artifacts.laziness_table(paths, name)
         tables[name] = pd.read_csv(path) if path.is_file() else pd.DataFrame()
     return tables
 
@@ -116,7 +117,7 @@ def _probe_gap(probes: pd.DataFrame) -> tuple[float, dict]:
         return math.nan, {}
     residual = probes[probes.feature == "residual"]
     if "n_test" not in residual.columns or residual["n_test"].isna().any():
-        raise ValueError("probe tables lack n_test (written before it was recorded): re-run hybrid-evaluate")
+        raise ValueError("probe tables lack n_test (written before it was recorded): re-run the evaluate stage")
     blocks = residual[residual.layer >= 0]  # block outputs; the embedding (layer −1) cannot hold the needle
     best = blocks.groupby("arch")["accuracy"].max()
     bar = pd.Series({arch: _chance_bar(layers) for arch, layers in blocks.groupby("arch")}, dtype=float)
@@ -150,7 +151,8 @@ def _qk_gap(trace: pd.DataFrame) -> tuple[float, dict]:
     for arch in ("swa-small", "swa-large"):
         series = by[arch]
         mid[arch] = float(series.iloc[len(series) // 2 - 1 if len(series) > 1 else 0])
-    curves = {arch: {int(t): round(float(v), 4) for t, v in by[arch].items()} for arch in by.index.get_level_values(0).unique()}
+    curves = {arch: {int(t): round(float(v), 4) for t, v in by[arch].items()}
+              for arch in by.index.get_level_values(0).unique()}
     return mid["swa-large"] - mid["swa-small"], {"qk_relative_distance_by_tokens": curves}
 
 

@@ -1,5 +1,6 @@
-"""Paper 3 (LoRA-α) pipeline: config validation, the α* fit, claim metrics on hand-made tables, params and stages,
-the paper-profile path offline on a tiny HF Llama, and the smoke profile of the real stages (slow)."""
+"""Paper 3 (LoRA-α) pipeline: config validation, the α* fit, claim metrics on hand-made tables, params and stages
+(pipelines/lora_alpha/dvc.yaml), the ledger of the committed tables, and the paper-profile path offline on a tiny
+HF Llama. The encoding of texts and examples is tested in test_data_sft.py."""
 
 from __future__ import annotations
 
@@ -20,23 +21,32 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
 
+from lmrepro.analysis.claims import Claim, load_criteria  # noqa: E402
 from lmrepro.config import ConfigError  # noqa: E402
-from lmrepro.config.lora import METHODS, LoraAlphaConfig  # noqa: E402
-from lmrepro.config.papers import ClaimConfig  # noqa: E402
 from lmrepro.config.schema_tools import build  # noqa: E402
+from lmrepro.papers.lora_alpha.config import METHODS, TASKS, LoraAlphaConfig  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
-DVC_STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
 PROFILES = ("smoke", "laptop", "paper")
+PROFILE_PARAMS = {p: yaml.safe_load((ROOT / "profiles" / f"{p}.yaml").read_text()) for p in PROFILES}
+PIPELINE = ROOT / "pipelines" / "lora_alpha"
+DVC_STAGES = yaml.safe_load((PIPELINE / "dvc.yaml").read_text())["stages"]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny matmuls: see conftest.one_thread
 
 
+def _merge(base, override):
+    """The loader's rule: mappings merge key by key, anything else replaces."""
+    if isinstance(base, dict) and isinstance(override, dict):
+        return {**base, **{k: _merge(base[k], v) if k in base else v for k, v in override.items()}}
+    return override
+
+
 def fragment(profile: str) -> dict:
-    """A fresh copy of the lora_alpha section of ``profile`` in params.yaml."""
-    return copy.deepcopy(PARAMS["profiles"][profile]["lora_alpha"])
+    """A fresh copy of the lora_alpha section of ``profile``: profiles/<profile>.yaml merged onto params.yaml."""
+    return copy.deepcopy(_merge(PARAMS["lora_alpha"], PROFILE_PARAMS[profile]["lora_alpha"]))
 
 
 def section(profile: str = "smoke", **edits) -> LoraAlphaConfig:
@@ -50,7 +60,7 @@ def section(profile: str = "smoke", **edits) -> LoraAlphaConfig:
             node.pop(leaf)
         else:
             node[leaf] = value
-    return build(LoraAlphaConfig, raw, f"profiles.{profile}.lora_alpha")
+    return build(LoraAlphaConfig, raw, "lora_alpha")
 
 
 _DELETE = object()
@@ -64,6 +74,7 @@ def test_every_profile_fragment_validates(profile):
     assert la.sweep.rank_grid()[0] == (la.sweep.ranks[0], la.sweep.alpha_multipliers[0], 1.0)
     assert set(la.methods.names) <= set(METHODS)
     assert (la.hf_model is not None) == (profile == "paper")
+    assert la.task_names == list(TASKS)  # the foreach list of the sweep and methods stages
 
 
 @pytest.mark.parametrize("edits, key, message", [
@@ -93,7 +104,7 @@ def test_every_profile_fragment_validates(profile):
     ({"sweep": _DELETE}, "sweep", "missing required key"),
 ])
 def test_bad_values_name_the_key(edits, key, message):
-    with pytest.raises(ConfigError, match=re.escape(f"profiles.smoke.lora_alpha.{key}") + ".*" + re.escape(message)):
+    with pytest.raises(ConfigError, match=re.escape(f"lora_alpha.{key}") + ".*" + re.escape(message)):
         section("smoke", **edits)
 
 
@@ -111,13 +122,12 @@ def test_hf_reasoning_needs_fields_and_no_accuracy():
 
 # ------------------------------------------------------------------------------------------ params and stages
 
-def _claims() -> dict[str, ClaimConfig]:
-    raw = PARAMS["claims"]["lora_alpha"]
-    return {cid: build(ClaimConfig, c, f"claims.lora_alpha.{cid}") for cid, c in raw.items()}
+def _claims() -> dict[str, Claim]:
+    return load_criteria(PIPELINE / "claims.yaml")
 
 
 def test_claims_cover_claims_1_to_7_and_name_computed_metrics():
-    from lmrepro.papers.lora_report import claim_values
+    from lmrepro.papers.lora_alpha.report import claim_values
 
     claims = _claims()
     assert {cid.split("_")[0] for cid in claims} == {f"c{i}" for i in range(1, 8)}
@@ -125,9 +135,9 @@ def test_claims_cover_claims_1_to_7_and_name_computed_metrics():
     assert {c.metric for c in claims.values()} <= set(values)
 
 
-def _resolve(key: str, profile: str, params: dict):
-    node = params
-    for part in key.replace("${profile}", profile).split("."):
+def _has(raw: dict, dotted: str) -> bool:
+    node = raw
+    for part in dotted.split("."):
         if not isinstance(node, dict) or part not in node:
             return False
         node = node[part]
@@ -135,25 +145,46 @@ def _resolve(key: str, profile: str, params: dict):
 
 
 def test_dvc_stages_list_existing_params_and_deps():
-    stages = {name: stage for name, stage in DVC_STAGES.items() if name.startswith("lora-")}
-    claims = PARAMS["claims"]
-    assert set(stages) == {"lora-data", "lora-sweep", "lora-methods", "lora-mechanisms", "lora-report"}
+    from lmrepro.papers.lora_alpha import artifacts
+    from lmrepro.paths import Paths
+
+    assert set(DVC_STAGES) == {"data", "sweep", "methods", "mechanisms", "report"}
+    assert PARAMS["lora_alpha"]["task_names"] == list(TASKS)
     for profile in PROFILES:
-        params = {"profile": profile, "claims": claims,
-                  "profiles": {profile: {"lora_alpha": fragment(profile)}}}
-        for name, stage in stages.items():
+        files = {"params.yaml": PARAMS, f"profiles/{profile}.yaml": PROFILE_PARAMS[profile]}
+        for name, stage in DVC_STAGES.items():
             body = stage.get("do", stage)
-            items = stage.get("foreach", [None])
-            assert items in ([None], ["domain", "reasoning"])
-            for key in body["params"]:
-                assert _resolve(key, profile, params), f"{name}: {key} missing in params.{profile}.yaml"
+            items = [None] if "foreach" not in stage else TASKS
+            assert stage.get("foreach", "${lora_alpha.task_names}") == "${lora_alpha.task_names}"
+            assert body["wdir"] == "../.."
+            for entry in body["params"]:
+                for file, keys in (entry.items() if isinstance(entry, dict) else [("params.yaml", [entry])]):
+                    file = file.replace("${profile}", profile)
+                    for key in keys:
+                        assert _has(files[file], key), f"{name}: {key} missing in {file}"
             for dep in body["deps"]:
                 for item in items:
                     path = dep.replace("${item}", str(item))
-                    if path.startswith(("src/", "notebooks/")):
+                    if path.startswith(("src/", "notebooks/", "pipelines/")):
                         assert (ROOT / path).exists(), f"{name}: dep {path} does not exist"
             assert not any("results/" in d and d.endswith(".ipynb") for d in body["deps"]), "executed notebook as dep"
             assert "papermill notebooks/lora_alpha/" in body["cmd"]
+    # The stages' outputs are where artifacts.py reads and writes.
+    paths = Paths(Path("."))
+
+    def outs(stage, key="outs"):
+        body = DVC_STAGES[stage].get("do", DVC_STAGES[stage])
+        return {next(iter(o)) if isinstance(o, dict) else o for o in body.get(key, [])}
+
+    rel = (lambda p: p.as_posix())  # noqa: E731
+    assert rel(artifacts.task_dir(paths)) in outs("data")
+    assert {rel(artifacts.data_summary(paths)), rel(artifacts.data_provenance(paths))} <= outs("data")
+    assert rel(artifacts.sweep_dir(paths, "${item}")) in outs("sweep")
+    assert rel(artifacts.methods_dir(paths, "${item}")) in outs("methods")
+    assert rel(artifacts.mechanisms_dir(paths)) in outs("mechanisms")
+    assert rel(artifacts.alpha_fits(paths)) in outs("report")
+    assert {rel(artifacts.figures(paths)), rel(artifacts.alpha_star(paths))} == outs("report", "plots")
+    assert outs("report", "metrics") == {rel(artifacts.results(paths) / "metrics.json")}
 
 
 # ------------------------------------------------------------------------------------------ α* and its fit
@@ -176,7 +207,7 @@ def synthetic_sweep(k: float = 0.5, C: float = 40.0, task: str = "domain", ranks
 
 @pytest.mark.parametrize("k, C", [(0.5, 40.0), (1.0, 3.0), (0.25, 20.0), (0.0, 64.0)])
 def test_alpha_star_fit_recovers_known_exponent(k, C):
-    from lmrepro.papers.lora_eval import best_alpha, fit_alpha_law
+    from lmrepro.papers.lora_alpha.evaluate import best_alpha, fit_alpha_law
 
     stars = best_alpha(synthetic_sweep(k, C))
     assert not stars.at_edge.any()
@@ -187,7 +218,7 @@ def test_alpha_star_fit_recovers_known_exponent(k, C):
 
 
 def test_alpha_star_at_grid_edge_is_flagged_and_divergence_counts_as_worst():
-    from lmrepro.papers.lora_eval import best_alpha, parabola_vertex
+    from lmrepro.papers.lora_alpha.evaluate import best_alpha, parabola_vertex
 
     runs = synthetic_sweep(0.5, 5000.0)  # optimum beyond the largest α of the grid
     assert best_alpha(runs).at_edge.all()
@@ -200,7 +231,7 @@ def test_alpha_star_at_grid_edge_is_flagged_and_divergence_counts_as_worst():
 
 
 def test_fit_needs_two_ranks():
-    from lmrepro.papers.lora_eval import fit_alpha_law
+    from lmrepro.papers.lora_alpha.evaluate import fit_alpha_law
 
     assert math.isnan(fit_alpha_law([4], [10.0])["exponent"])
 
@@ -239,8 +270,9 @@ def synthetic_tables() -> dict[str, pd.DataFrame]:
             "signal_drift": pd.DataFrame(sd), "curvature": curv, "mlp": mlp}
 
 
-def test_claim_values_on_hand_made_tables():
-    from lmrepro.papers.lora_report import claim_values
+def test_claim_values_on_hand_made_tables(tmp_path):
+    from lmrepro.analysis.claims import publish
+    from lmrepro.papers.lora_alpha.report import claim_values
 
     values, evidence = claim_values(synthetic_tables(), skip_steps=0)
     # Claim 1: along α the best common-multiplier loss is the parabola's minimum over {1, 4, 16} · r; along lr
@@ -264,20 +296,25 @@ def test_claim_values_on_hand_made_tables():
     assert values["closest_to_full_domain"] == pytest.approx(0.06)
     assert values["mlp_divergence_gap"] == pytest.approx(1.0)
     assert evidence["alpha_vs_lr_gap_domain"]["seeds"] == 2
-    json.dumps(evidence, allow_nan=False)  # strict JSON: no NaN / Infinity in the ledger
+    # The ledger is strict JSON (no NaN / Infinity, numpy scalars and keys converted) and metrics.json flat.
+    publish(tmp_path, "lora_alpha", "smoke", _claims(), values, evidence)
+    ledger = json.loads((tmp_path / "claims.json").read_text(), parse_constant=pytest.fail)
+    assert ledger["claims"][0]["evidence"]["seeds"] == 2
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert set(metrics) == ({k for k, v in values.items() if math.isfinite(v)}
+                            | {f"{cid}_reproduced" for cid in _claims()})
 
 
 def test_censored_fit_is_inconclusive_and_verdicts_follow_the_criteria():
     from lmrepro.analysis.claims import build_ledger
-    from lmrepro.papers.lora_report import claim_values
+    from lmrepro.papers.lora_alpha.report import claim_values
 
     tables = synthetic_tables()
     tables["sweep_runs"] = pd.concat([synthetic_sweep(0.5, 5000.0, "domain"), synthetic_sweep(1.0, 4.0, "reasoning")])
     values, evidence = claim_values(tables, skip_steps=0)
-    assert math.isnan(values["alpha_exponent_error_domain"]) and "censored" in evidence["alpha_exponent_error_domain"]["note"]
-    criteria = {cid: c.to_claim() for cid, c in _claims().items()}
-    ledger = {row["id"]: row["verdict"] for row in
-              build_ledger(criteria, {cid: values[c.metric] for cid, c in criteria.items()})}
+    assert math.isnan(values["alpha_exponent_error_domain"])
+    assert "censored" in evidence["alpha_exponent_error_domain"]["note"]
+    ledger = {row["id"]: row["verdict"] for row in build_ledger(_claims(), values)}
     assert ledger["c4_sqrt_law_domain"] == "inconclusive"
     assert ledger["c4_sqrt_law_reasoning"] == "not reproduced"  # exponent 1 is 0.5 away from 1/2
     assert ledger["c3_signal_drift"] == "reproduced" and ledger["c7_mlp_stability"] == "reproduced"
@@ -285,13 +322,35 @@ def test_censored_fit_is_inconclusive_and_verdicts_follow_the_criteria():
 
 
 def test_missing_tables_give_nan_not_errors():
-    from lmrepro.papers.lora_report import claim_values
+    from lmrepro.papers.lora_alpha.report import claim_values
 
     empty = {k: pd.DataFrame() for k in synthetic_tables()}
     empty["sweep_runs"] = synthetic_sweep()
     values, _ = claim_values(empty)
     assert math.isnan(values["drift_slope_gap"]) and math.isnan(values["mlp_divergence_gap"])
     assert math.isnan(values["rank_rule_gain_domain"]) and math.isfinite(values["alpha_vs_lr_gap_domain"])
+
+
+def test_report_on_the_committed_tables_gives_the_committed_metrics(tmp_path):
+    """The report stage's ledger from the committed tables: metrics.json as publish writes it has the committed keys
+    and values."""
+    from lmrepro.analysis.claims import publish
+    from lmrepro.config import load_config
+    from lmrepro.papers.lora_alpha import artifacts, report
+    from lmrepro.paths import Paths
+
+    paths = Paths(ROOT)
+    committed, ledger = artifacts.results(paths) / "metrics.json", artifacts.results(paths) / "claims.json"
+    tables = report.load_tables(paths)
+    if not (committed.is_file() and ledger.is_file()) or tables["sweep_runs"].empty:
+        pytest.skip("no committed lora_alpha results")
+    profile = json.loads(ledger.read_text())["profile"]
+    la = load_config(ROOT / "params.yaml", profile=profile).lora_alpha
+    values, evidence = report.claim_values(tables, la.mechanisms.signal_drift.skip_steps)
+    publish(tmp_path, "lora_alpha", profile, _claims(), values, evidence)
+    ours, theirs = (json.loads(f.read_text()) for f in (tmp_path / "metrics.json", committed))
+    assert set(ours) == set(theirs)
+    assert ours == pytest.approx(theirs, abs=1e-6)
 
 
 # ------------------------------------------------------------------------------------------ paper profile, offline
@@ -318,11 +377,10 @@ def hf_project(tmp_path_factory):
     (root / "sft.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (root / "text.jsonl").write_text("".join(json.dumps({"text": f"document {i}: " + "words and more words " * 20})
                                              + "\n" for i in range(30)))
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    # The root params.yaml may hold no (or an older) lora_alpha section: every profile gets this checkout's fragment.
+    # This checkout's params.yaml and profiles; the smoke profile's lora_alpha section points at the local files.
+    (root / "profiles").mkdir()
     for profile in PROFILES:
-        params["profiles"][profile]["lora_alpha"] = fragment(profile)
-    params.setdefault("claims", {})["lora_alpha"] = copy.deepcopy(PARAMS["claims"]["lora_alpha"])
+        (root / "profiles" / f"{profile}.yaml").write_text(yaml.safe_dump(PROFILE_PARAMS[profile], sort_keys=False))
     la = fragment("smoke")
     la["hf_model"] = {"name": str(model_dir), "dtype": "float32"}
     la["tasks"]["domain"] = {"source": "hf", "seq_len": 16, "val_fraction": 0.3, "val_windows": 4, "train_windows": 16,
@@ -330,9 +388,9 @@ def hf_project(tmp_path_factory):
     la["tasks"]["reasoning"] = {"source": "hf", "max_len": 40, "accuracy_examples": 0,
                                 "hf": {"path": "json", "data_files": str(root / "sft.jsonl"), "prompt_field": "prompt",
                                        "response_field": "response", "max_examples": 40, "val_examples": 8}}
-    params["profiles"]["smoke"]["lora_alpha"] = la
-    params["profile"] = "smoke"
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    smoke = {**PROFILE_PARAMS["smoke"], "lora_alpha": la}
+    (root / "profiles" / "smoke.yaml").write_text(yaml.safe_dump(smoke, sort_keys=False))
+    (root / "params.yaml").write_text(yaml.safe_dump({**PARAMS, "profile": "smoke"}, sort_keys=False))
     return root
 
 
@@ -340,8 +398,9 @@ def test_paper_profile_path_on_a_tiny_hf_llama(hf_project, monkeypatch):
     """Data, sweep, methods (layer-wise rule included), signal/drift and curvature on an HF Llama: the code the
     paper profile runs, with the model and datasets on local disk."""
     from lmrepro.config import load_config
+    from lmrepro.papers.lora_alpha import evaluate as lora_eval
+    from lmrepro.papers.lora_alpha import runs as lora
     from lmrepro.paths import Paths
-    from lmrepro.papers import lora, lora_eval
 
     monkeypatch.setenv("HF_HOME", str(hf_project / "hf_home"))
     cfg = load_config(hf_project / "params.yaml")
@@ -373,32 +432,3 @@ def test_paper_profile_path_on_a_tiny_hf_llama(hf_project, monkeypatch):
     assert sd[sd.step > 1].ratio.notna().all()
     curv = pd.DataFrame(lora_eval.curvature(cfg, base, data))
     assert (curv.lambda_full > 0).all() and len(curv) == 2
-
-
-def test_encoded_reasoning_supervises_only_the_response():
-    from lmrepro.data import train_bpe_tokenizer
-    from lmrepro.data.reasoning import IGNORE_INDEX, encode_sft, make_reasoning_split
-    from lmrepro.papers.lora import encode_examples
-
-    train, _ = make_reasoning_split(6, 0, seed=0, steps=(1,), max_operand=9)
-    tok = train_bpe_tokenizer([e.prompt + e.target for e in train] * 5, vocab_size=300)
-    ours = encode_examples(train, tok, 64)
-    reference = encode_sft(train, tok, 64)  # the project tokenizer's own encoder
-    for key in ("input_ids", "labels", "lengths"):
-        torch.testing.assert_close(ours[key], reference[key])
-    assert (ours["labels"][:, 0] == IGNORE_INDEX).all()
-
-
-def test_windows_tile_the_stream_with_eos():
-    from lmrepro.data import train_bpe_tokenizer
-    from lmrepro.data.tokenizer import eos_id
-    from lmrepro.papers.lora import windows_from_texts
-
-    texts = ["alpha beta gamma " * 5, "delta epsilon " * 7]
-    tok = train_bpe_tokenizer(texts * 5, vocab_size=300)
-    w = windows_from_texts(tok, texts, seq_len=8)
-    assert w.shape[1] == 9 and torch.equal(w[1:, 0], w[:-1, -1])  # each window starts where the last ended
-    assert (w == eos_id(tok)).any()
-    assert windows_from_texts(tok, texts, seq_len=8, max_windows=2).shape[0] == 2
-
-

@@ -1,8 +1,9 @@
 """Paper 2 evaluations: validation loss and accounting of every run; residual-stream, MLP and logit-lens
 analyses of the baseline and the X model.
 
-Each function returns plain rows (list of dicts) that the notebooks write as CSV/JSON. Every run is scored
-on the same validation windows (``eval_windows`` of ``seq_len`` tokens spread over the split).
+Each function returns plain rows (list of dicts) that the notebooks write as CSV/JSON (file names:
+``artifacts``). Every run is scored on the same validation windows (``eval_windows`` of ``seq_len`` tokens
+spread over the split), with ``lmrepro.eval.loss.evaluate_loss``; the analyses are ``lmrepro.eval.residual``'s.
 """
 
 from __future__ import annotations
@@ -13,33 +14,32 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..analysis.residual import (activation_density, logit_lens, mlp_activations, participation_ratio,
-                                 residual_entropy_by_layer, unit_utilization)
-from ..config import Config
-from ..data import ShardedTokens, eval_windows
-from ..eval.loss import token_nll
-from ..models.varwidth import block_widths
-from ..paths import Paths
-from ..train import load_model
-from .xformer import accounting, run_dirs
+from ...analysis.flops import accounting
+from ...config import Config
+from ...data import ShardedTokens, eval_windows
+from ...eval.loss import evaluate_loss
+from ...eval.residual import (activation_density, logit_lens, mlp_activations, participation_ratio,
+                              residual_entropy_by_layer, unit_utilization)
+from ...models.varwidth import block_widths
+from ...paths import Paths
+from ...train import load_model
+from ...train.device import default_device
+from . import artifacts
 
 #: The two models every analysis compares.
 ANALYZED = ("baseline", "x")
 
 
-def device() -> torch.device:
-    """Where evaluations run: the GPU when there is one (paper profile), else the CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def _load(paths: Paths, variant: str, size: str) -> torch.nn.Module:
-    return load_model(final_dir(paths, variant, size)).to(device()).eval()
+    """A trained run on the GPU when there is one (paper profile), else the CPU, in eval mode."""
+    return load_model(final_dir(paths, variant, size)).to(default_device()).eval()
 
 
 def final_dir(paths: Paths, variant: str, size: str) -> Path:
-    folder = run_dirs(paths, variant, size)["out"] / "final"
-    if not (folder / "spec.json").is_file():
-        raise FileNotFoundError(f"{folder}: no trained model; run the xformer-pretrain stage for {variant}")
+    folder = artifacts.final_model(paths, variant, size)
+    if not (folder / artifacts.MODEL_META).is_file():
+        raise FileNotFoundError(f"{folder}: no trained model; run the pretrain@{variant} stage of "
+                                "pipelines/xformer/dvc.yaml")
     return folder
 
 
@@ -53,27 +53,20 @@ def _val_batches(cfg: Config, paths: Paths, windows: int, batch_size: int = 8):
     return eval_windows(ShardedTokens(paths.tokens("validation")), cfg.xformer.seq_len, windows, batch_size)
 
 
-@torch.no_grad()
-def window_losses(model: torch.nn.Module, batches) -> np.ndarray:
-    """Mean NLL (nats) of each validation window [b, T+1] of ``batches``: [N windows]. Their mean is the
-    validation loss (all windows have T targets); paired per-window differences give its sampling error."""
-    model.eval()
-    dev = next(model.parameters()).device
-    return np.concatenate([token_nll(model, b.to(dev)).double().mean(1).cpu().numpy() for b in batches])
-
-
 def evaluate_runs(cfg: Config, paths: Paths) -> tuple[list[dict], list[dict]]:
     """(runs, windows): validation loss, parameters, FLOPs, average width and KV cache of every run, with
     its deviation from the baseline of its size (parameters actual and effective = without wasted slices,
-    FLOPs, average width, loss); and every run's per-window validation loss."""
+    FLOPs, average width, loss); and every run's per-window validation loss (mean NLL of each window: their
+    mean is the validation loss, paired per-window differences give its sampling error)."""
     x = cfg.xformer
     rows, windows = [], []
     for variant, size in x.runs():
         folder = final_dir(paths, variant, size)
-        meta = json.loads((folder / "spec.json").read_text())
+        meta = json.loads((folder / artifacts.MODEL_META).read_text())
         model = _load(paths, variant, size)
         tokens = int(meta["tokens_seen"])
-        per_window = window_losses(model, _val_batches(cfg, paths, x.eval_windows))
+        batches = _val_batches(cfg, paths, x.eval_windows)
+        per_window = np.asarray(evaluate_loss(model, batches, next(model.parameters()).device)["window_losses"])
         acc = accounting(model.spec, x.seq_len, tokens)
         rows.append({"variant": variant, "size": size, "hidden_size": model.spec.hidden_size,
                      "num_layers": model.spec.num_layers, "widths": " ".join(map(str, block_widths(model.spec))),
@@ -94,7 +87,8 @@ def evaluate_runs(cfg: Config, paths: Paths) -> tuple[list[dict], list[dict]]:
 
 
 def metrics(rows: list[dict]) -> dict[str, float]:
-    """Flat metrics for ``dvc metrics``: validation loss of every run and the X/baseline ratios."""
+    """Flat metrics for ``dvc metrics`` (the evaluate stage's evaluation.json): validation loss of every run
+    and the X/baseline ratios."""
     out = {}
     for r in rows:
         key = f"{r['variant']}.{r['size']}"
@@ -107,7 +101,7 @@ def metrics(rows: list[dict]) -> dict[str, float]:
 
 def _analysis_input(cfg: Config, paths: Paths) -> torch.Tensor:
     """[N, seq_len + 1] validation windows (N = analysis.windows), the same for both models."""
-    return torch.cat(list(_val_batches(cfg, paths, cfg.xformer.analysis.windows))).to(device())
+    return torch.cat(list(_val_batches(cfg, paths, cfg.xformer.analysis.windows))).to(default_device())
 
 
 def entropy_rows(cfg: Config, paths: Paths) -> list[dict]:

@@ -2,8 +2,8 @@
 
 A profile sets the sizes (baseline width h, depth L, heads, token budget), the width recipe (bottleneck
 ratio and position, rounding) and the training settings shared by every run. The variants are the paper's
-and fixed (dvc.yaml iterates over them): ``baseline`` and ``x`` at every size, the other shapes and residual
-rules at ``ablation_size`` only.
+and fixed (``variants``, the foreach list of pipelines/xformer/dvc.yaml): ``baseline`` and ``x`` at every
+size, the other shapes and residual rules at ``ablation_size`` only.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import math
 import re
 from dataclasses import dataclass, field
 
-from .schema_tools import bounded, require
+from ...config.schema_tools import bounded, require
 
 #: Training groups (one DVC stage each): baseline and x at every size, the rest at ``ablation_size``.
 VARIANTS = ("baseline", "x", "diamond", "increasing", "decreasing", "zero", "learned")
@@ -58,6 +58,8 @@ class XformerAnalysisConfig:
 class XformerConfig:
     """Equal-parameter sweep: baseline vs X at every size, the shapes and residual-rule ablations at one size."""
 
+    variants: list[str] = bounded(list(VARIANTS), choices=VARIANTS,
+                                  doc="the pipeline's foreach list (pipelines/xformer/dvc.yaml)")
     seq_len: int = bounded(min=8, doc="training and evaluation context")
     sizes: dict[str, XformerSize]
     ablation_size: str = field(metadata={"doc": "size of the shape and residual-rule ablations"})
@@ -118,3 +120,8 @@ class XformerConfig:
                     f"{self.quantize} (size {name}); use a smaller quantize or a larger ratio")
             require(s.max_tokens >= self.batch_size * self.seq_len, f"{key}.max_tokens",
                     f"{s.max_tokens} is less than one step ({self.batch_size * self.seq_len} tokens)")
+
+
+# The loader (lmrepro.config.paper_schemas) finds the paper by its folder and types its section with SCHEMA.
+SCHEMA = XformerConfig
+ORDER = 2

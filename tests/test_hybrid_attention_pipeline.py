@@ -1,24 +1,28 @@
-"""Paper 1 pipeline: configuration, architecture specs, paper sizes, claim metrics on hand-made tables."""
+"""Paper 1 pipeline: configuration, architecture specs, paper sizes, artifact names, the DVC pipeline, claim
+metrics on hand-made tables and the published ledger."""
 
 from __future__ import annotations
 
-import copy
+import json
 import math
+import shutil
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch
 import yaml
 
+from lmrepro.analysis.claims import CLAIMS_FILE, load_criteria, publish
 from lmrepro.config import ConfigError, load_config
-from lmrepro.config.hybrid import ARCHITECTURES
 from lmrepro.models import DecoderLM
-from lmrepro.papers import hybrid, hybrid_report
+from lmrepro.papers.hybrid_attention import artifacts, report, runs
+from lmrepro.papers.hybrid_attention.config import ARCHITECTURES
+from lmrepro.paths import Paths
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = ROOT / "params.yaml"
+PIPELINE = ROOT / "pipelines" / "hybrid_attention"
 PUBLISHED = {"s1": 14_999_424, "s2": 31_470_080, "s3": 64_901_760, "s4": 104_427_264}
 
 
@@ -26,7 +30,7 @@ def test_paper_sizes_match_the_published_parameter_counts_within_5_percent():
     cfg = load_config(PARAMS, profile="paper")
     for size, published in PUBLISHED.items():
         with torch.device("meta"):
-            n = DecoderLM(hybrid.arch_spec(cfg, "full", size)).num_parameters()
+            n = DecoderLM(runs.arch_spec(cfg, "full", size)).num_parameters()
         assert abs(n - published) / published < 0.05, (size, n, published)
 
 
@@ -40,7 +44,7 @@ def test_windows_are_the_papers_fractions_of_the_context(profile, expected):
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_every_architecture_has_the_fixed_hybrid_pattern(arch):
     cfg = load_config(PARAMS, profile="laptop")
-    spec = hybrid.arch_spec(cfg, arch, "s1")
+    spec = runs.arch_spec(cfg, arch, "s1")
     every = cfg.hybrid_attention.full_attention_every
     for i, layer in enumerate(spec.layers):
         if arch == "full" or (i + 1) % every == 0:
@@ -49,36 +53,75 @@ def test_every_architecture_has_the_fixed_hybrid_pattern(arch):
         else:
             assert not layer.is_full_attention
             assert layer.rope or layer.mixer != "attention"
-            assert layer.name == hybrid.mixer_token(cfg, arch)
+            assert layer.name == runs.mixer_token(cfg, arch)
 
 
 def test_train_config_puts_snapshots_at_budget_fractions():
     cfg = load_config(PARAMS, profile="laptop")
     for size, s in cfg.hybrid_attention.sizes.items():
-        train = hybrid.train_config(cfg, size)
+        train = runs.train_config(cfg, size)
         assert train.checkpoint_tokens == sorted(set(train.checkpoint_tokens))
         assert train.checkpoint_tokens[-1] == train.max_tokens <= s.max_tokens
         assert len(train.checkpoint_tokens) == len(cfg.hybrid_attention.budget_fractions)
         assert train.seq_len == cfg.hybrid_attention.seq_len
 
 
+def _stages() -> dict:
+    return yaml.safe_load((PIPELINE / "dvc.yaml").read_text())["stages"]
+
+
 def test_dvc_iterates_over_exactly_the_papers_architectures():
-    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    for name in ("hybrid-pretrain", "hybrid-evaluate"):
-        assert tuple(stages[name]["foreach"]) == ARCHITECTURES
+    stages = _stages()
+    for name in ("pretrain", "evaluate"):
+        assert stages[name]["foreach"] == "${hybrid_attention.architectures}"
+    assert tuple(yaml.safe_load(PARAMS.read_text())["hybrid_attention"]["architectures"]) == ARCHITECTURES
+    assert tuple(load_config(PARAMS, profile="smoke").hybrid_attention.architectures) == ARCHITECTURES
+
+
+def test_pipeline_declares_the_artifact_paths_metrics_and_plots():
+    stages, paths = _stages(), Paths(Path("."))
+    pretrain = stages["pretrain"]["do"]
+    dirs = artifacts.run_dirs(paths, "${item}", "s1")
+    outs = [next(iter(o)) if isinstance(o, dict) else o for o in pretrain["outs"]]
+    assert str(dirs["out"].parent) in outs and str(dirs["ckpt"].parent) in outs
+    assert str(dirs["log"].parent) in outs
+    assert str(artifacts.key_tokens(paths)) in stages["key-tokens"]["outs"]
+    assert str(artifacts.key_tokens(paths)) in stages["evaluate"]["do"]["deps"]
+    assert str(artifacts.eval_dir(paths, "${item}")) in [next(iter(o)) for o in stages["evaluate"]["do"]["outs"]]
+    rep = stages["report"]
+    assert str(artifacts.eval_root(paths)) in rep["deps"] and str(artifacts.laziness_dir(paths)) in rep["deps"]
+    assert f"pipelines/hybrid_attention/{CLAIMS_FILE}" in rep["deps"]
+    assert [next(iter(m)) for m in rep["metrics"]] == [str(artifacts.results(paths) / "metrics.json")]
+    assert [next(iter(m)) for m in rep["plots"]] == [str(artifacts.figures(paths))]
+    assert all(st.get("wdir", st.get("do", {}).get("wdir")) == "../.." for st in stages.values())
+
+
+def test_artifacts_use_the_papers_data_and_checkpoint_folders(tmp_path):
+    paths = Paths(tmp_path)
+    dirs = artifacts.run_dirs(paths, "gdn", "s2")
+    assert dirs["out"] == tmp_path / "data/hybrid_attention/models/gdn/s2"
+    assert dirs["ckpt"] == tmp_path / "data/checkpoints/hybrid_attention/gdn/s2"
+    assert dirs["log"] == tmp_path / "results/hybrid_attention/train/gdn/s2.csv"
+    assert artifacts.key_tokens(paths) == tmp_path / "data/hybrid_attention/key_tokens.safetensors"
+    with pytest.raises(FileNotFoundError, match="pretrain stage for gdn"):
+        runs.checkpoints(paths, "gdn", "s2")
 
 
 def _write(tmp_path, edit) -> Path:
-    raw = yaml.safe_load(PARAMS.read_text())
-    edit(raw["profiles"]["smoke"]["hybrid_attention"])
-    path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
+    """A copy of params.yaml and the profiles with ``edit`` applied to the smoke profile's section."""
+    shutil.copy(PARAMS, tmp_path / "params.yaml")
+    shutil.copytree(ROOT / "profiles", tmp_path / "profiles")
+    smoke = tmp_path / "profiles" / "smoke.yaml"
+    raw = yaml.safe_load(smoke.read_text())
+    edit(raw["hybrid_attention"])
+    smoke.write_text(yaml.safe_dump(raw))
+    return tmp_path / "params.yaml"
 
 
 @pytest.mark.parametrize("edit,key,message", [
-    (lambda h: h.update(window_fractions={"small": 0.1}), "window_fractions", "small, mid, large"),
-    (lambda h: h["window_fractions"].update(large=1.5), "window_fractions.large", "(0, 1]"),
+    # A profile's mapping merges key by key onto params.yaml's, so an extra key (not a missing one) fails here.
+    (lambda h: h.update(window_fractions={"tiny": 0.1}), "window_fractions", "small, mid, large"),
+    (lambda h: h.setdefault("window_fractions", {}).update(large=1.5), "window_fractions.large", "(0, 1]"),
     (lambda h: h.update(budget_fractions=[0.5, 0.9]), "budget_fractions", "end at 1.0"),
     (lambda h: h.update(budget_fractions=[0.5, 0.25, 1.0]), "budget_fractions", "increasing"),
     (lambda h: h.update(micro_batch_size=3), "micro_batch_size", "must divide"),
@@ -90,7 +133,7 @@ def _write(tmp_path, edit) -> Path:
 def test_invalid_hybrid_settings_are_rejected_with_the_key(tmp_path, edit, key, message):
     with pytest.raises(ConfigError) as err:
         load_config(_write(tmp_path, edit), profile="laptop")
-    assert f"profiles.smoke.hybrid_attention.{key}" in str(err.value) and message in str(err.value)
+    assert f"profiles/smoke.yaml: hybrid_attention.{key}" in str(err.value) and message in str(err.value)
 
 
 # ---------------------------------------------------------------- claim metrics on hand-made tables
@@ -128,7 +171,7 @@ def _tables() -> dict[str, pd.DataFrame]:
 
 
 def test_claim_metrics_on_a_hand_made_table():
-    values, evidence = hybrid_report.claim_values(_tables())
+    values, evidence = report.claim_values(_tables())
     assert values["loss_spread"] == pytest.approx(0.06 / 3.0)
     assert values["longppl_spread_ratio"] == pytest.approx(math.log(12 / 10) / math.log(80 / 30))
     assert values["swa_large_early_gap"] == pytest.approx(math.log(80 / 40))
@@ -144,14 +187,14 @@ def test_missing_measurements_give_nan_not_a_verdict():
     tables = _tables()
     tables["restriction"] = pd.DataFrame()
     tables["trace"] = pd.DataFrame()
-    values, _ = hybrid_report.claim_values(tables)
+    values, _ = report.claim_values(tables)
     assert math.isnan(values["restriction_gap"]) and math.isnan(values["qk_distance_gap"])
 
 
 def test_probe_metric_is_nan_when_no_hybrid_finds_the_needle_above_chance():
     tables = _tables()
     tables["probes"] = tables["probes"][tables["probes"].arch == "swa-large"]
-    values, evidence = hybrid_report.claim_values(tables)
+    values, evidence = report.claim_values(tables)
     assert math.isnan(values["probe_gain_gap"])
     assert evidence["probe_gain_gap"]["informative_hybrids"] == []
     assert evidence["probe_gain_gap"]["above_chance_bar"]["swa-large"] == pytest.approx(0.19)
@@ -160,8 +203,8 @@ def test_probe_metric_is_nan_when_no_hybrid_finds_the_needle_above_chance():
 def test_probe_metric_asks_to_rerun_the_evaluation_for_tables_without_n_test():
     tables = _tables()
     tables["probes"] = tables["probes"].drop(columns="n_test")
-    with pytest.raises(ValueError, match="re-run hybrid-evaluate"):
-        hybrid_report.claim_values(tables)
+    with pytest.raises(ValueError, match="re-run the evaluate stage"):
+        report.claim_values(tables)
 
 
 def test_scaling_fits_recover_a_known_law_per_architecture():
@@ -169,7 +212,37 @@ def test_scaling_fits_recover_a_known_law_per_architecture():
     rows = [{"arch": "full", "parameters": n, "tokens": d, "val_loss": b * n ** -alpha + c * d ** -beta,
              "longppl": math.exp(b * n ** -alpha + c * d ** -beta)}
             for n in (1e5, 3e5, 1e6) for d in (1e6, 3e6, 1e7, 3e7)]
-    fits = hybrid_report.scaling_fits(pd.DataFrame(rows)).set_index("target")
+    fits = report.scaling_fits(pd.DataFrame(rows)).set_index("target")
     assert fits.loc["val_loss", "alpha"] == pytest.approx(alpha, abs=0.01)
     assert fits.loc["val_loss", "beta"] == pytest.approx(beta, abs=0.02)
     assert fits.loc["ln_longppl", "r2"] > 0.99
+
+
+def test_load_tables_reads_every_architecture_from_the_artifact_paths(tmp_path):
+    paths, tables = Paths(tmp_path), _tables()
+    curves = tables["checkpoints"]
+    for arch, rows in curves.groupby("arch"):
+        artifacts.eval_dir(paths, arch).mkdir(parents=True)
+        rows.to_csv(artifacts.eval_table(paths, arch, "checkpoints"), index=False)
+    artifacts.laziness_dir(paths).mkdir(parents=True)
+    tables["trace"].to_csv(artifacts.laziness_table(paths, "trace"), index=False)
+    loaded = report.load_tables(paths)
+    assert set(loaded) == set(artifacts.EVAL_TABLES) | set(artifacts.LAZINESS_TABLES)
+    assert sorted(loaded["checkpoints"].arch.unique()) == sorted(curves.arch.unique())
+    assert len(loaded["checkpoints"]) == len(curves) and len(loaded["trace"]) == len(tables["trace"])
+    assert loaded["restriction"].empty and loaded["wu"].empty
+
+
+def test_report_gives_every_claim_metric_and_publishes_the_ledger(tmp_path):
+    criteria = load_criteria(PIPELINE / CLAIMS_FILE)
+    tables = _tables()
+    tables["restriction"] = pd.DataFrame()  # an unmeasured metric is NaN, never missing
+    values, evidence = report.claim_values(tables)
+    assert {c.metric for c in criteria.values()} <= set(values)
+    publish(tmp_path, "hybrid_attention", "smoke", criteria, values, evidence)
+    ledger = json.loads((tmp_path / "claims.json").read_text())
+    assert {row["id"] for row in ledger["claims"]} == set(criteria)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert "restriction_gap" not in metrics and metrics["c3_receptive_field_reproduced"] == 0
+    assert metrics["qk_distance_gap"] == pytest.approx(0.3)
+    assert (tmp_path / "claims.md").read_text().startswith("_smoke profile_")
