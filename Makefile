@@ -29,9 +29,17 @@ $(VENV)/.setup-done: pyproject.toml requirements/lock.txt
 	touch $@
 
 # The last stage (summary) refreshes the README claims tables from the ledgers.
+# PROFILE is checked unexpanded ($(value ...): a `$(...)` in it is text, not make syntax) before anything runs,
+# and reaches the shell only as an environment variable, never as recipe text; the params-check stage then
+# validates every parameter before any other stage.
+ifneq ($(filter repro,$(MAKECMDGOALS)),)
+ifneq ($(filter-out smoke laptop paper,$(value PROFILE))$(word 2,$(value PROFILE)),)
+$(error PROFILE must be one of smoke, laptop, paper (or unset for the default); nothing was run)
+endif
+endif
+export PROFILE
 repro: setup
-	@case '$(PROFILE)' in '') dvc repro;; smoke|laptop|paper) dvc exp run -S 'profile=$(PROFILE)';; \
-	  *) echo "PROFILE must be one of smoke, laptop, paper" >&2; exit 2;; esac
+	@if [ -z "$$PROFILE" ]; then dvc repro; else dvc exp run -S "profile=$$PROFILE"; fi
 
 test: setup
 	$(BIN)/ruff check src tests scripts benchmarks

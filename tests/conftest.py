@@ -87,3 +87,37 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+PIPELINE_FILES = ("dvc.yaml", "params.yaml", "profiles", "pipelines", "src", "notebooks", ".dvcignore", "Makefile")
+
+
+def pipeline_copy(dest: Path, names=PIPELINE_FILES) -> Path:
+    """``dest`` as a git + DVC project holding this checkout's pipeline definitions, parameters, package and
+    notebooks (not its data or results), committed — what ``dvc repro`` needs to start."""
+    import shutil
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    dest.mkdir(parents=True, exist_ok=True)
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", ".ipynb_checkpoints")
+    for name in names:
+        src = root / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=ignore)
+        else:
+            shutil.copy2(src, dest / name)
+    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], ["git", "add", "-A"],
+                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"]):
+        subprocess.run(cmd, cwd=dest, check=True, capture_output=True, env=tool_env())
+    return dest
+
+
+def tool_env(**extra) -> dict:
+    """The environment for running the project's tools (dvc, papermill, make) from a test."""
+    import os
+    import sys
+
+    bin_dir = Path(sys.executable).parent
+    return {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1",
+            "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **extra}

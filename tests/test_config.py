@@ -8,27 +8,27 @@ import dataclasses
 from pathlib import Path
 
 import pytest
-import yaml
+from lmrepro import yaml12
 
 from lmrepro.config import PROFILES, Config, ConfigError, derive, fingerprint, load_config, paper_schemas
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = ROOT / "params.yaml"
 # The whole configuration as one dict: {"params": params.yaml, "profiles": {name: profiles/<name>.yaml}}.
-BASE = {"params": yaml.safe_load(PARAMS.read_text()),
-        "profiles": {p: yaml.safe_load((ROOT / "profiles" / f"{p}.yaml").read_text()) for p in PROFILES}}
+BASE = {"params": yaml12.loads(PARAMS.read_text()),
+        "profiles": {p: yaml12.loads((ROOT / "profiles" / f"{p}.yaml").read_text()) for p in PROFILES}}
 
 
 def _write(tmp_path: Path, data) -> Path:
     """Write ``data`` (the BASE layout) as a project: params.yaml and profiles/*.yaml."""
     path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump(data["params"], sort_keys=False))
+    path.write_text(yaml12.dumps(data["params"]))
     folder = tmp_path / "profiles"
     folder.mkdir(exist_ok=True)
     for old in folder.glob("*.yaml"):
         old.unlink()
     for name, block in data["profiles"].items():
-        (folder / f"{name}.yaml").write_text(yaml.safe_dump(block, sort_keys=False))
+        (folder / f"{name}.yaml").write_text(yaml12.dumps(block))
     return path
 
 
@@ -67,7 +67,7 @@ REJECTIONS = [
     ("unknown-top-level", _set("params.profilez", "smoke"), "params.profilez", "allowed"),
     ("unknown-profile", _set("profiles.huge", copy.deepcopy(BASE["profiles"]["smoke"])), "profiles.huge", "smoke"),
     ("missing-profile", _del("profiles.paper"), "profiles.paper", "not found"),
-    ("profile-huge", _set("params.profile", "huge"), "profile", "laptop"),
+    ("profile-huge", _set("params.profile", "huge"), "params.profile", "laptop"),
     ("profile-not-mapping", _set("profiles.smoke", ["smoke"]), "profiles.smoke", "mapping"),
     ("section-not-mapping", _set(f"{S}.train", [1, 2]), f"{S}.train", "mapping"),
     ("unknown-section", _set(f"{S}.trian", {}), f"{S}.trian", "allowed"),
@@ -108,8 +108,8 @@ REJECTIONS = [
      f"{S}.model.num_kv_heads", "divide"),
     ("kv-more-than-heads", _set(f"{S}.model.num_kv_heads", 4), f"{S}.model.num_kv_heads", "divide"),
     ("odd-head-dim", _set(f"{S}.model.hidden_size", 34), f"{S}.model.num_heads", "even"),
-    ("train-seq-gt-max", _set(f"{S}.train.seq_len", 128), f"{S}.train.seq_len", "max_seq_len"),
-    ("eval-seq-gt-max", _set(f"{S}.eval.seq_len", 65), f"{S}.eval.seq_len", "max_seq_len"),
+    ("train-seq-gt-max", _set(f"{S}.train.seq_len", 192), f"{S}.train.seq_len", "max_seq_len"),
+    ("eval-seq-gt-max", _set(f"{S}.eval.seq_len", 161), f"{S}.eval.seq_len", "max_seq_len"),
     ("micro-not-dividing", _set(f"{S}.train.micro_batch_size", 3), f"{S}.train.micro_batch_size", "divide"),
     ("micro-gt-batch", _set(f"{S}.train.micro_batch_size", 16), f"{S}.train.micro_batch_size", "divide"),
     ("below-one-step", _both(_set(f"{S}.train.max_tokens", 511), _set(f"{S}.train.checkpoint_tokens", [])),
@@ -209,7 +209,7 @@ def test_requested_profile_unknown():
 def test_file_profile_checked_even_with_override(tmp_path):
     data = copy.deepcopy(BASE)
     data["params"]["profile"] = "huge"
-    with pytest.raises(ConfigError, match=r"^profile:"):
+    with pytest.raises(ConfigError, match=r"^params.yaml: profile:"):
         load_config(_write(tmp_path, data), profile="smoke")
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-import yaml
+from lmrepro import yaml12
 
 from lmrepro.analysis.claims import CLAIMS_FILE, load_criteria, publish
 from lmrepro.config import ConfigError, load_config
@@ -67,14 +67,14 @@ def test_train_config_puts_snapshots_at_budget_fractions():
 
 
 def _stages() -> dict:
-    return yaml.safe_load((PIPELINE / "dvc.yaml").read_text())["stages"]
+    return yaml12.loads((PIPELINE / "dvc.yaml").read_text())["stages"]
 
 
 def test_dvc_iterates_over_exactly_the_papers_architectures():
     stages = _stages()
     for name in ("pretrain", "evaluate"):
         assert stages[name]["foreach"] == "${hybrid_attention.architectures}"
-    assert tuple(yaml.safe_load(PARAMS.read_text())["hybrid_attention"]["architectures"]) == ARCHITECTURES
+    assert tuple(yaml12.loads(PARAMS.read_text())["hybrid_attention"]["architectures"]) == ARCHITECTURES
     assert tuple(load_config(PARAMS, profile="smoke").hybrid_attention.architectures) == ARCHITECTURES
 
 
@@ -112,9 +112,9 @@ def _write(tmp_path, edit) -> Path:
     shutil.copy(PARAMS, tmp_path / "params.yaml")
     shutil.copytree(ROOT / "profiles", tmp_path / "profiles")
     smoke = tmp_path / "profiles" / "smoke.yaml"
-    raw = yaml.safe_load(smoke.read_text())
+    raw = yaml12.loads(smoke.read_text())
     edit(raw["hybrid_attention"])
-    smoke.write_text(yaml.safe_dump(raw))
+    smoke.write_text(yaml12.dumps(raw))
     return tmp_path / "params.yaml"
 
 

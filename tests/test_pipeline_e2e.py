@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
+from lmrepro import yaml12
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -27,9 +27,9 @@ def _run(cmd: list[str], cwd: Path, timeout: int = 2400) -> subprocess.Completed
 
 def _set_params(repo: Path, edit, name: str = "params.yaml") -> None:
     """Edit params.yaml, or a profile file (``name="profiles/smoke.yaml"``), as data."""
-    params = yaml.safe_load((repo / name).read_text())
+    params = yaml12.loads((repo / name).read_text())
     edit(params)
-    (repo / name).write_text(yaml.safe_dump(params, sort_keys=False))
+    (repo / name).write_text(yaml12.dumps(params))
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +56,7 @@ def test_repro_produces_metrics_figures_and_notebooks(repo):
     metrics = json.loads((repo / "results/foundation/metrics.json").read_text())
     assert all(isinstance(v, (int, float)) and math.isfinite(v) for v in metrics.values())
     # A trained model beats the uniform distribution over the vocabulary by a clear margin.
-    vocab = yaml.safe_load((repo / "profiles/smoke.yaml").read_text())["tokenizer"]["vocab_size"]
+    vocab = yaml12.loads((repo / "profiles/smoke.yaml").read_text())["tokenizer"]["vocab_size"]
     assert metrics["val_loss"] < math.log(vocab) - 0.3
     for fig in ("training_curve", "loss_by_position", "budget_losses"):
         assert (repo / f"results/foundation/figures/{fig}.png").stat().st_size > 1000
@@ -85,21 +85,26 @@ def test_repro_with_nothing_changed_is_a_no_op(repo):
     assert "up to date" in out.stdout
 
 
-def test_invalid_parameter_fails_the_stage_visibly_and_checkpoints_survive(repo):
+def test_invalid_parameter_stops_before_any_stage_and_nothing_is_lost(repo):
+    """The params-check stage refuses the bad value before a training stage starts (so DVC deletes none of its
+    outputs); fixed again, nothing needs to rerun. (Kills and resumes mid-stage: tests/test_faults_runs.py.)"""
     original = (repo / "profiles/smoke.yaml").read_text()
+    model = repo / "data/models/baseline"
+    before = {p: p.read_bytes() for p in model.rglob("*") if p.is_file()}
     try:
         _set_params(repo, lambda p: p["train"].update(lr=-1.0), "profiles/smoke.yaml")
         out = _run(["dvc", "repro"], repo)
         assert out.returncode != 0
         text = out.stdout + out.stderr
         assert "profiles/smoke.yaml: train.lr" in text and "below the minimum" in text
+        assert "Running stage 'foundation-pretrain'" not in text
+        assert {p: p.read_bytes() for p in model.rglob("*") if p.is_file()} == before and before
         assert any((repo / "data/checkpoints/baseline").rglob("state.json"))
     finally:
         (repo / "profiles/smoke.yaml").write_text(original)
-    # Fixed again: the pretrain stage resumes from its persistent checkpoint instead of retraining.
     out = _run(["dvc", "repro"], repo)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    assert "resumed from the checkpoint" in out.stdout + out.stderr
+    assert "Stage 'foundation-pretrain' didn't change, skipping" in out.stdout
 
 
 def test_every_paper_writes_a_claims_ledger_with_computed_verdicts(repo):

@@ -5,6 +5,7 @@ import pytest
 
 from lmrepro.analysis.flops import average_width, training_flops
 from lmrepro.analysis.scaling import (
+    ScalingFitWarning,
     PowerLaw,
     ScalingFit,
     compute_ratio_at_equal_loss,
@@ -61,12 +62,15 @@ def test_recovers_noisy_loosely():
 
 def test_bounds_respected_when_truth_outside():
     N, D = _grid()
-    fit = fit_scaling_law(N, D, _law(N, D, 3000.0, 0.4, 2000.0, 0.3))
+    with pytest.warns(ScalingFitWarning, match="alpha ended on a bound"):
+        fit = fit_scaling_law(N, D, _law(N, D, 3000.0, 0.4, 2000.0, 0.3))
     assert 0.2 <= fit.alpha <= 0.3
-    assert fit.alpha == pytest.approx(0.3)  # pinned at the nearest bound
+    assert fit.alpha == pytest.approx(0.3)  # pinned at the nearest bound, and flagged
+    assert fit.at_bound == ("alpha",) and fit.identifiable and not fit.trustworthy
     assert 0.0 <= fit.beta <= 2.0
-    fit = fit_scaling_law(N, D, _law(N, D, 400.0, 0.25, 2000.0, 0.3), beta_bounds=(0.5, 1.0))
-    assert fit.beta == pytest.approx(0.5)
+    with pytest.warns(ScalingFitWarning, match="beta ended on a bound"):
+        fit = fit_scaling_law(N, D, _law(N, D, 400.0, 0.25, 2000.0, 0.3), beta_bounds=(0.5, 1.0))
+    assert fit.beta == pytest.approx(0.5) and fit.at_bound == ("beta",)
 
 
 def test_holdout_largest():

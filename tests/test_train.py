@@ -179,7 +179,8 @@ def test_changed_config_does_not_resume_and_keeps_old_checkpoints(spec, cfg, tok
     assert result.rows[0]["lr"] == pytest.approx(1e-3 * 1 / 2)  # its own schedule: warmup 2 steps
     # The old run's checkpoint is untouched and still resumable by the old config.
     assert {p.name: p.read_bytes() for p in (old.ckpt_dir / "step-0000005").iterdir()} == saved
-    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == sorted([old.fingerprint, changed.fingerprint])
+    runs = sorted(p.name for p in (tmp_path / "ckpt").iterdir() if p.name != ".lock")  # .lock: the run lock
+    assert runs == sorted([old.fingerprint, changed.fingerprint])
     assert trainer(spec, cfg, token_dirs, tmp_path).fit(until_step=6).resumed_from_step == 5
 
     # Other model, other data: other fingerprints too.
@@ -286,6 +287,12 @@ def test_load_model_rejects_weights_of_another_spec(spec, tmp_path):
     folder = save_model(DecoderLM(spec), tmp_path / "m")
     other = save_model(DecoderLM(replace(spec, num_layers=1, layers=spec.layers[:1])), tmp_path / "o")
     shutil.copy(other / "model.safetensors", folder / "model.safetensors")
+    with pytest.raises(ckpt.DamagedFileError, match="does not match the SHA-256"):
+        load_model(folder)
+    # A folder written before hashes existed: the shape check still refuses the foreign weights.
+    meta = json.loads((folder / "spec.json").read_text())
+    del meta["sha256"]
+    (folder / "spec.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="do not match spec"):
         load_model(folder)
 
@@ -325,12 +332,20 @@ def test_checkpoint_refuses_pickled_objects(spec, make_train_config, token_dirs,
     model = DecoderLM(spec)
     opt = build_optimizer(model, cfg)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    # The replaced file no longer matches its hash: refused before it is unpickled.
+    with pytest.raises(ckpt.DamagedFileError, match=poisoned):
+        ckpt.load_checkpoint(folder, model, opt, sched)
+    # Without the hashes (an older checkpoint) the tensors-only loader still refuses the payload.
+    state = json.loads((folder / "state.json").read_text())
+    del state["sha256"]
+    (folder / "state.json").write_text(json.dumps(state))
     with pytest.raises(pickle.UnpicklingError, match="[Ww]eights only"):
         ckpt.load_checkpoint(folder, model, opt, sched)
-    # The trainer's resume path goes through the same loader: it fails instead of running the payload.
-    with pytest.raises(pickle.UnpicklingError):
-        trainer(spec, cfg, token_dirs, tmp_path).fit()
-    assert not marker.exists()
+    # The trainer's resume path goes through the same loader: the checkpoint is set aside as damaged (kept)
+    # and training starts afresh instead of running the payload.
+    result = trainer(spec, cfg, token_dirs, tmp_path).fit()
+    assert result.resumed_from_step is None and not marker.exists()
+    assert (folder.parent / f"{folder.name}.damaged" / poisoned).is_file()
 
 
 def test_checkpoint_round_trip_restores_optimizer_and_scheduler(spec, make_train_config, token_dirs, tmp_path):

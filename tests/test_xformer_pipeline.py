@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
+from lmrepro import yaml12
 
 from lmrepro.analysis.claims import CLAIMS_FILE, build_ledger, load_criteria
 from lmrepro.analysis.flops import accounting, model_parameters, parameter_count, projection_parameters
@@ -113,13 +113,13 @@ def _has(node, dotted: str) -> bool:
 
 @pytest.fixture(scope="module")
 def stages() -> dict:
-    return yaml.safe_load((PIPELINE / "dvc.yaml").read_text())["stages"]
+    return yaml12.loads((PIPELINE / "dvc.yaml").read_text())["stages"]
 
 
 def test_dvc_stage_params_exist_in_every_profile(params_path, stages):
     """DVC refuses a stage whose `params:` key is missing from the file it is listed under."""
     assert set(stages) == {"pretrain", "evaluate", "analyze", "report"}
-    params = yaml.safe_load(params_path.read_text())
+    params = yaml12.loads(params_path.read_text())
     for name, stage in stages.items():
         for entry in stage.get("do", stage).get("params", []):
             if isinstance(entry, str):
@@ -128,7 +128,7 @@ def test_dvc_stage_params_exist_in_every_profile(params_path, stages):
             for file, keys in entry.items():
                 for profile in PROFILES:
                     path = ROOT / file.replace("${profile}", profile)
-                    data = yaml.safe_load(path.read_text())
+                    data = yaml12.loads(path.read_text())
                     for key in keys:
                         assert _has(data, key), f"{name}: {key} missing from {path.relative_to(ROOT)}"
     # foreach over the fixed variant list (params.yaml), whatever the profile

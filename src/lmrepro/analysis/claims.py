@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+from .. import yaml12
 
 from ..config.schema_tools import ConfigError, bounded, build
 
@@ -193,8 +193,8 @@ def load_criteria(path: str | Path) -> dict[str, Claim]:
     if not path.is_file():
         raise ConfigError(f"{path}: file not found (the paper's claim criteria)")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
+        raw = yaml12.load(path) or {}
+    except yaml12.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
     if not isinstance(raw, dict) or not raw:
         raise ConfigError(f"{path}: expected a mapping of claim id → criterion")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import warnings
 from dataclasses import dataclass
 from numbers import Real
 from typing import Iterable, Mapping, Sequence
@@ -22,6 +23,18 @@ from scipy.optimize import minimize
 # ----------------------------------------------------------------------------------------------
 # L(N, D) = b N^-alpha + c D^-beta
 # ----------------------------------------------------------------------------------------------
+
+
+class ScalingFitWarning(UserWarning):
+    """A scaling-law fit that the data cannot pin down (see ``ScalingFit.identifiable`` / ``at_bound``)."""
+
+
+def _identifiable(x: np.ndarray, y: np.ndarray) -> bool:
+    """Can log N (x) and log D (y) be told apart: two distinct values each and not collinear."""
+    if np.unique(x).size < 2 or np.unique(y).size < 2:
+        return False
+    design = np.column_stack([np.ones_like(x), x - x.mean(), y - y.mean()])
+    return np.linalg.matrix_rank(design, tol=1e-9 * max(1.0, float(np.abs(design).max()))) == 3
 
 
 @dataclass(frozen=True)
@@ -37,6 +50,10 @@ class ScalingFit:
         n_train, n_holdout: number of points used for the fit / held out.
         holdout_rmse: rms log residual on the held-out points (nan when nothing was held out).
         objective: final Huber objective (sum of Huber(r/delta), r = log residual).
+        identifiable: False when the training points cannot separate the N and D terms (fewer than two
+            distinct N or D, or log N and log D on one line); r2 then says nothing about the exponents.
+        at_bound: names of the exponents ("alpha", "beta") that ended on a bound of their box; such an
+            exponent was set by the bound, not by the data.
     """
 
     alpha: float
@@ -49,6 +66,13 @@ class ScalingFit:
     n_holdout: int
     holdout_rmse: float
     objective: float = float("nan")
+    identifiable: bool = True
+    at_bound: tuple[str, ...] = ()
+
+    @property
+    def trustworthy(self) -> bool:
+        """Identifiable and no exponent on a bound."""
+        return self.identifiable and not self.at_bound
 
     def predict(self, N, D) -> np.ndarray:
         """Predicted loss b*N^-alpha + c*D^-beta; N, D broadcast (arrays or scalars)."""
@@ -242,6 +266,15 @@ def fit_scaling_law(
     ss_tot = float(np.sum((z - z.mean()) ** 2))
     r2 = 1.0 - float(np.sum(resid**2)) / ss_tot if ss_tot > 0 else float("nan")
     rmse = float(np.sqrt(np.mean(resid**2)))
+    identifiable = _identifiable(x, y)
+    # "On a bound" within a relative 1e-6 of the box width: L-BFGS-B lands exactly on an active bound.
+    at_bound = tuple(name for name, v, lo, hi in (("alpha", alpha, a_lo, a_hi), ("beta", beta, b_lo, b_hi))
+                     if min(v - lo, hi - v) <= 1e-6 * max(hi - lo, 1e-12))
+    if not identifiable or at_bound:
+        why = ("the points cannot separate N from D (fewer than two distinct N or D, or log N and log D "
+               "collinear)" if not identifiable else f"{' and '.join(at_bound)} ended on a bound of its box")
+        warnings.warn(f"scaling-law fit is not trustworthy: {why}; r2={r2:.4f} says nothing about the "
+                      "exponents", ScalingFitWarning, stacklevel=2)
     if hold.any():
         hres = np.log(L[hold]) - _log_pred(lb, alpha, lc, beta, np.log(N[hold]), np.log(D[hold]))
         holdout_rmse = float(np.sqrt(np.mean(hres**2)))
@@ -258,6 +291,8 @@ def fit_scaling_law(
         n_holdout=int(hold.sum()),
         holdout_rmse=holdout_rmse,
         objective=float(best.fun),
+        identifiable=identifiable,
+        at_bound=at_bound,
     )
 
 

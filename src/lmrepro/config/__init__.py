@@ -21,8 +21,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from .. import yaml12
 from ..paths import PARAMS_FILE, ProjectNotFound, find_params
 from .schema import Config, DataConfig, EvalConfig, HFSourceConfig, ModelConfig, TokenizerConfig, TrainConfig
 from .schema_tools import ConfigError, build
@@ -38,14 +37,14 @@ __all__ = [
 ]
 
 
-def _read_yaml(path: Path, what: str, name: str | None = None) -> dict[str, Any]:
+def read_yaml(path: Path, what: str, name: str | None = None) -> dict[str, Any]:
     """A YAML mapping; errors name the file as ``name`` (relative to the project) and say what it holds."""
     name = name or str(path)
     if not path.is_file():
         raise ConfigError(f"{name}: file not found ({what})")
     try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
+        raw = yaml12.load(path)
+    except yaml12.YAMLError as err:
         raise ConfigError(f"{name}: not valid YAML: {err}") from None
     if raw is None:
         return {}
@@ -60,7 +59,7 @@ def load_params(path: str | Path | None = None) -> dict[str, Any]:
         path = Path(path) if path else find_params()
     except ProjectNotFound as err:
         raise ConfigError(str(err)) from None
-    return _read_yaml(path, "the project's parameters", PARAMS_FILE)
+    return read_yaml(path, "the project's parameters", PARAMS_FILE)
 
 
 def profile_path(params_path: str | Path, profile: str) -> Path:
@@ -121,7 +120,7 @@ def load_config(path: str | Path | None = None, profile: str | None = None) -> C
         params_path = Path(path) if path else find_params()
     except ProjectNotFound as err:
         raise ConfigError(str(err)) from None
-    shared = _read_yaml(params_path, "the project's parameters", PARAMS_FILE)
+    shared = read_yaml(params_path, "the project's parameters", PARAMS_FILE)
     schemas = paper_schemas()
     allowed = ["profile", *CORE_SECTIONS, *schemas]
     unknown = sorted(set(shared) - set(allowed), key=str)
@@ -134,14 +133,14 @@ def load_config(path: str | Path | None = None, profile: str | None = None) -> C
     # cannot hide until the next run without an override.
     default = shared.get("profile", "laptop")
     if not isinstance(default, str) or default not in PROFILES:
-        raise ConfigError(f"profile: {default!r} is not allowed; choose one of {list(PROFILES)}")
+        raise ConfigError(f"{PARAMS_FILE}: profile: {default!r} is not allowed; choose one of {list(PROFILES)}")
     selected = profile if profile is not None else default
     if not isinstance(selected, str) or selected not in PROFILES:
         raise ConfigError(f"profile: {selected!r} (requested) is not allowed; choose one of {list(PROFILES)}")
     built = {}
     for name in PROFILES:
         where = f"{PROFILE_DIR}/{name}.yaml"
-        block = _read_yaml(profile_path(params_path, name), f"the {name} profile", where)
+        block = read_yaml(profile_path(params_path, name), f"the {name} profile", where)
         extra = sorted(set(block) - set(allowed[1:]), key=str)
         if extra:
             raise ConfigError(f"{where}: {extra[0]}: unknown section; allowed are {allowed[1:]}")

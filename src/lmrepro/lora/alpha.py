@@ -56,6 +56,7 @@ import math
 import re
 import warnings
 from dataclasses import dataclass
+from numbers import Integral
 from typing import Callable
 
 import torch
@@ -116,9 +117,10 @@ def _check_positive(name: str, value) -> float:
 
 
 def _check_rank(r) -> int:
-    if isinstance(r, bool) or not isinstance(r, int) or r < 1:
+    # numbers.Integral: numpy integers (a rank read from a DataFrame) are ranks too.
+    if isinstance(r, bool) or not isinstance(r, Integral) or r < 1:
         raise ValueError(f"r: must be an int >= 1, got {r!r}")
-    return r
+    return int(r)
 
 
 def alpha_for(rule: str, r: int, *, multiplier: float = 1.0, **options) -> AlphaChoice:

@@ -92,8 +92,26 @@ class DecoderLM(nn.Module):
             return torch.cat([y, x[..., w:]], dim=-1)
         return F.pad(y, (0, x.shape[-1] - w))
 
+    def check_input(self, input_ids: torch.Tensor, start: int = 0) -> None:
+        """input_ids must be integer [B, T], positions start..start+T-1 within ``max_seq_len`` and (on CPU;
+        on CUDA the range check would cost a host sync) ids in [0, vocab_size)."""
+        if input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool:
+            raise TypeError(f"input_ids: must be an integer tensor (token ids), got {input_ids.dtype}")
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids: must be [B, T], got shape {list(input_ids.shape)}")
+        end = start + input_ids.shape[1]
+        if end > self.spec.max_seq_len:
+            raise ValueError(f"input_ids: positions up to {end} exceed max_seq_len={self.spec.max_seq_len} "
+                             f"({start} cached + {input_ids.shape[1]} new tokens)")
+        if input_ids.device.type == "cpu" and input_ids.numel():
+            lo, hi = torch.aminmax(input_ids)
+            if lo < 0 or hi >= self.spec.vocab_size:
+                raise ValueError(f"input_ids: token ids must be in [0, vocab_size={self.spec.vocab_size}), got "
+                                 f"min {int(lo)}, max {int(hi)}")
+
     def _run(self, input_ids: torch.Tensor, cache: DecodeCache | None, keep_states: bool):
         start = cache.seen if cache is not None else 0
+        self.check_input(input_ids, start)
         positions = torch.arange(start, start + input_ids.shape[1], device=input_ids.device)
         x = self.embed_tokens(input_ids)
         varwidth = self.spec.widths is not None

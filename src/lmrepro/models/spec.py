@@ -8,7 +8,7 @@ Paper pipelines derive their variants with :func:`dataclasses.replace`. Layer to
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from numbers import Integral
+from numbers import Integral, Real
 
 from ..config import ModelConfig
 from ..config.layers import hybrid_pattern, parse_layer_token, render_layer_token
@@ -104,6 +104,16 @@ class LMSpec:
     expansion: str = "carry"
 
     def __post_init__(self):
+        # Zero or negative sizes used to build an empty model (vocabulary 0) or fail later with an IndexError.
+        for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size",
+                     "max_seq_len", "conv_kernel", "ssm_state_size", "ssm_expand", "ssm_head_dim", "gdn_expand_v"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
+                raise ValueError(f"{name}: must be an int >= 1, got {value!r}")
+        for name in ("rope_theta", "norm_eps", "init_std"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, Real) or not 0 < value < float("inf"):
+                raise ValueError(f"{name}: must be a finite number > 0, got {value!r}")
         # A list would make the frozen spec unhashable and let it be mutated in place.
         object.__setattr__(self, "layers", tuple(self.layers))
         if not self.layers:

@@ -22,6 +22,8 @@ __all__ = [
     "check_chunk_size",
     "check_state",
     "chunk_view",
+    "check_float",
+    "check_sign",
     "chunked_scalar_decay",
     "masked_decay",
 ]
@@ -38,6 +40,27 @@ def check_chunk_size(chunk_size: int) -> int:
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
     return chunk_size
+
+
+def check_float(name: str, **tensors: torch.Tensor | None) -> None:
+    """Every given tensor is floating point; integer inputs would otherwise flow through the float math and
+    come out as zeros."""
+    for arg, t in tensors.items():
+        if t is not None and not t.is_floating_point():
+            raise TypeError(f"{name}: {arg} must be a floating-point tensor (float64, float32, bfloat16 or "
+                            f"float16), got {t.dtype}")
+
+
+def check_sign(t: torch.Tensor, name: str, arg: str, *, positive: bool) -> None:
+    """``t >= 0`` (``positive``) or ``t <= 0``: a log decay of the wrong sign makes the state grow as e^{+t}
+    (Inf / NaN a few hundred steps later). Checked on CPU only: on CUDA it would cost a host sync per layer."""
+    if t.device.type != "cpu":
+        return
+    bad = (t < 0) if positive else (t > 0)
+    if bool(bad.any()):
+        worst = t.min() if positive else t.max()
+        raise ValueError(f"{name}: {arg} must be {'>= 0' if positive else '<= 0'} everywhere, got "
+                         f"{'min' if positive else 'max'} {worst.item():.4g}")
 
 
 def check_state(initial_state: torch.Tensor | None, shape: tuple[int, ...], name: str) -> None:

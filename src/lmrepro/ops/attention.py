@@ -31,7 +31,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from ._chunk import acc_dtype
+from ._chunk import acc_dtype, check_float
 from .dispatch import select_backend
 
 __all__ = [
@@ -60,6 +60,7 @@ def _check(q, k, v, window, sinks, causal) -> None:
         raise ValueError(
             f"attention: q, k, v must be [B, T, H, D]; got q {list(q.shape)}, k {list(k.shape)}, v {list(v.shape)}"
         )
+    check_float("attention", q=q, k=k, v=v)
     (b, tq, hq, d), (bk, tk, hkv, dk) = q.shape, k.shape
     if bk != b or v.shape[0] != b:
         raise ValueError(f"attention: batch sizes differ: q {b}, k {bk}, v {v.shape[0]}")

@@ -31,7 +31,8 @@ from __future__ import annotations
 
 import torch
 
-from ._chunk import acc_dtype, check_chunk_size, check_state, chunk_view, empty_result, masked_decay, unchunk
+from ._chunk import (acc_dtype, check_chunk_size, check_float, check_sign, check_state, chunk_view, empty_result,
+                     masked_decay, unchunk)
 from .dispatch import select_backend
 
 __all__ = ["chunked_gated_delta_rule", "gated_delta_rule", "naive_gated_delta_rule"]
@@ -48,6 +49,8 @@ def _check(q, k, v, g, beta, initial_state, name):
             f"{name}: g and beta must be [B, T, H] = {list(q.shape[:3])}, got g {list(g.shape)}, "
             f"beta {list(beta.shape)}"
         )
+    check_float(name, q=q, k=k, v=v, g=g, beta=beta, initial_state=initial_state)
+    check_sign(g, name, "g (the log decay)", positive=False)
     check_state(initial_state, (q.shape[0], q.shape[2], q.shape[3], v.shape[3]), name)
 
 

@@ -23,7 +23,8 @@ from collections.abc import Sequence
 
 import torch
 
-from ._chunk import acc_dtype, check_chunk_size, check_state, chunked_scalar_decay, fla_simple_gla
+from ._chunk import (acc_dtype, check_chunk_size, check_float, check_sign, check_state, chunked_scalar_decay,
+                     fla_simple_gla)
 from .dispatch import select_backend
 
 __all__ = [
@@ -82,8 +83,8 @@ def _prepare(q, k, v, decay, initial_state, name):
         decay = torch.as_tensor(decay, dtype=torch.float32, device=q.device)
     if decay.shape != (h,):
         raise ValueError(f"{name}: decay must have shape [H] = [{h}], got {list(decay.shape)}")
-    if decay.device.type == "cpu" and bool((decay > 0).any()):  # skipped on CUDA: no host sync
-        raise ValueError(f"{name}: decay is a log decay and must be <= 0, got max {decay.max().item()}")
+    check_float(name, q=q, k=k, v=v, decay=decay, initial_state=initial_state)
+    check_sign(decay, name, "decay (a log decay)", positive=False)
     check_state(initial_state, (b, h, dk, v.shape[-1]), name)
     return decay
 

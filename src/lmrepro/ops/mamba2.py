@@ -28,7 +28,8 @@ from __future__ import annotations
 
 import torch
 
-from ._chunk import acc_dtype, check_chunk_size, check_state, chunked_scalar_decay, fla_simple_gla
+from ._chunk import (acc_dtype, check_chunk_size, check_float, check_sign, check_state, chunked_scalar_decay,
+                     fla_simple_gla)
 from .dispatch import select_backend
 
 __all__ = ["chunked_mamba2_ssd", "mamba2_ssd", "naive_mamba2_ssd", "ssd_to_simple_gla"]
@@ -51,6 +52,10 @@ def _check(x, dt, A, B, C, D, initial_state, name):
         raise ValueError(f"{name}: groups G={g} of B/C must divide heads H={h}")
     if D is not None and D.shape != (h,):
         raise ValueError(f"{name}: D must be [H] = [{h}], got {list(D.shape)}")
+    check_float(name, x=x, dt=dt, A=A, B=B, C=C, D=D, initial_state=initial_state)
+    # dt·A is the log decay: A <= 0 and dt >= 0 (softplus output), else the state grows without bound.
+    check_sign(A, name, "A", positive=False)
+    check_sign(dt, name, "dt", positive=True)
     check_state(initial_state, (b, h, B.shape[-1], p), name)
 
 

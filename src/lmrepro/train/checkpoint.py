@@ -5,12 +5,19 @@ Two kinds:
 - *resumable checkpoints* (a model folder + ``optimizer.pt``, ``scheduler.json``, ``rng.pt``, ``state.json``):
   everything needed to continue a run exactly. Written to a temporary folder and renamed, so a crash
   while saving never leaves a half-written checkpoint that looks complete.
+
+Both carry their own integrity: ``spec.json`` holds the SHA-256 of the weights and of the spec, and a
+checkpoint's ``state.json`` the SHA-256 of each of its other files; loading checks them, so zeroed bytes or a
+hand-edited spec fail with :class:`DamagedFileError` naming the file instead of loading wrong weights.
+Model folders written before hashes were added load with a warning.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -22,6 +29,29 @@ from safetensors.torch import load_file, save_file
 from ..models import DecoderLM, LayerSpec, LMSpec
 
 STEP_PREFIX = "step-"
+CHECKPOINT_FILES = ("optimizer.pt", "scheduler.json", "rng.pt")
+log = logging.getLogger(__name__)
+
+
+class DamagedFileError(ValueError):
+    """A model or checkpoint file whose content does not match the hash written with it (or cannot be read)."""
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _spec_sha256(spec: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+
+
+def _verify(path: Path, expected: str | None) -> None:
+    if expected is not None and file_sha256(path) != expected:
+        raise DamagedFileError(f"{path}: content does not match the SHA-256 written with it (damaged or replaced)")
 
 
 def spec_to_dict(spec: LMSpec) -> dict[str, Any]:
@@ -42,7 +72,9 @@ def save_model(model: DecoderLM, folder: str | Path, extra: dict[str, Any] | Non
     if model.spec.tie_embeddings:
         state.pop("lm_head.weight", None)  # safetensors refuses shared storage; re-tied on load
     save_file(state, str(folder / "model.safetensors"))
-    meta = {"spec": spec_to_dict(model.spec), **(extra or {})}
+    spec = spec_to_dict(model.spec)
+    meta = {"spec": spec, **(extra or {}),
+            "sha256": {"model.safetensors": file_sha256(folder / "model.safetensors"), "spec": _spec_sha256(spec)}}
     (folder / "spec.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
     return folder
 
@@ -54,11 +86,23 @@ def load_model(folder: str | Path, map_location: str = "cpu") -> DecoderLM:
         if not (folder / name).is_file():
             raise FileNotFoundError(f"{folder / name}: missing; is {folder} a model folder written by save_model?")
     try:
-        spec = spec_from_dict(json.loads((folder / "spec.json").read_text())["spec"])
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
-        raise ValueError(f"{folder / 'spec.json'}: not a model spec written by save_model ({err!r})") from None
+        meta = json.loads((folder / "spec.json").read_text())
+        spec = spec_from_dict(meta["spec"])
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as err:
+        raise DamagedFileError(f"{folder / 'spec.json'}: not a model spec written by save_model ({err!r})") from None
+    hashes = meta.get("sha256")
+    if hashes is None:
+        log.warning("%s: written without content hashes (before they were added); loaded unchecked", folder)
+    else:
+        if _spec_sha256(meta["spec"]) != hashes.get("spec"):
+            raise DamagedFileError(f"{folder / 'spec.json'}: the spec does not match the SHA-256 written with it "
+                                   "(edited by hand?)")
+        _verify(folder / "model.safetensors", hashes.get("model.safetensors"))
     model = DecoderLM(spec)
-    state = load_file(str(folder / "model.safetensors"), device=map_location)
+    try:
+        state = load_file(str(folder / "model.safetensors"), device=map_location)
+    except Exception as err:  # safetensors raises its own SafetensorError on a damaged header
+        raise DamagedFileError(f"{folder / 'model.safetensors'}: cannot be read ({err})") from None
     missing, unexpected = model.load_state_dict(state, strict=False)
     allowed_missing = {"lm_head.weight"} if spec.tie_embeddings else set()
     if set(missing) - allowed_missing or unexpected:
@@ -78,15 +122,29 @@ def save_checkpoint(folder: str | Path, model: DecoderLM, optimizer, scheduler, 
     if torch.cuda.is_available():
         rng["cuda"] = torch.stack(torch.cuda.get_rng_state_all())
     torch.save(rng, tmp / "rng.pt")
+    state = {**state, "sha256": {name: file_sha256(tmp / name) for name in CHECKPOINT_FILES}}
     (tmp / "state.json").write_text(json.dumps(state, indent=1, sort_keys=True))
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(tmp, folder)
     return folder
 
 
+def read_state(folder: str | Path) -> dict[str, Any]:
+    """A checkpoint's ``state.json`` (DamagedFileError if it cannot be read)."""
+    path = Path(folder) / "state.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DamagedFileError(f"{path}: cannot be read ({err})") from None
+
+
 def load_checkpoint(folder: str | Path, model: DecoderLM, optimizer, scheduler) -> dict[str, Any]:
-    """Restore model, optimizer, scheduler and RNG in place; return the trainer state dict."""
+    """Restore model, optimizer, scheduler and RNG in place; return the trainer state dict. Every file is
+    checked against its hash first, so a damaged checkpoint raises DamagedFileError before anything changes."""
     folder = Path(folder)
+    state = read_state(folder)
+    for name in CHECKPOINT_FILES:
+        _verify(folder / name, state.get("sha256", {}).get(name))
     loaded = load_model(folder)
     model.load_state_dict(loaded.state_dict())
     optimizer.load_state_dict(torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True))
@@ -95,7 +153,7 @@ def load_checkpoint(folder: str | Path, model: DecoderLM, optimizer, scheduler) 
     torch.set_rng_state(rng["torch"])
     if "cuda" in rng and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(list(rng["cuda"]))
-    return json.loads((folder / "state.json").read_text())
+    return state
 
 
 def list_checkpoints(folder: str | Path) -> list[Path]:

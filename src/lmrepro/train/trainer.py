@@ -33,12 +33,17 @@ from ..models import DecoderLM, LMSpec
 from ..ops.dispatch import reset_backends_used
 from . import checkpoint as ckpt
 from .device import autocast_dtype, default_device
+from .guard import RunInterrupted, RunLock, Watch
 from .schedule import lr_multiplier
 
 log = logging.getLogger(__name__)
 
 # Fields that do not change the trained weights: editing them must not discard resumable checkpoints.
 _NON_SEMANTIC = ("save_every_steps", "keep_checkpoints", "log_every_steps", "eval_every_steps", "eval_windows")
+
+
+class ForeignCheckpointError(ValueError):
+    """A checkpoint in this run's folder was written by a run with another fingerprint."""
 
 
 @dataclass
@@ -93,7 +98,8 @@ class Trainer:
         semantic = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _NON_SEMANTIC}
         data_id = sorted(s["sha256"] for s in self.train_tokens.index["shards"])
         self.fingerprint = fingerprint({"spec": dataclasses.asdict(spec), "train": semantic, "data": data_id})
-        self.ckpt_dir = Path(ckpt_dir) / self.fingerprint
+        self.run_dir = Path(ckpt_dir)  # locked while training (one trainer per run folder)
+        self.ckpt_dir = self.run_dir / self.fingerprint
         self._earlier_backends: dict[str, str] = {}  # op backends of the steps before a resume
         world = self.accelerator.num_processes
         if cfg.batch_size % (cfg.micro_batch_size * world):
@@ -110,20 +116,46 @@ class Trainer:
                                                       partial(lr_multiplier, total_steps=total, cfg=self.cfg))
         return model, optimizer, scheduler
 
-    def _resume(self, model, optimizer, scheduler) -> dict[str, Any] | None:
-        found = ckpt.list_checkpoints(self.ckpt_dir)
-        if not found:
-            return None
-        state = ckpt.load_checkpoint(found[-1], model, optimizer, scheduler)
-        log.info("resuming from %s (step %d)", found[-1], state["step"])
-        return state
+    def _resume(self):
+        """(model, optimizer, scheduler, state): from the newest checkpoint that loads, else fresh (state None).
+        A damaged checkpoint is renamed ``<name>.damaged`` (kept, never deleted) and the previous one tried; a
+        checkpoint of another run (fingerprint) is refused."""
+        for folder in reversed(ckpt.list_checkpoints(self.ckpt_dir)):
+            model, optimizer, scheduler = self._build()
+            try:
+                found = ckpt.read_state(folder).get("fingerprint")
+                if found != self.fingerprint:
+                    raise ForeignCheckpointError(
+                        f"{folder}: checkpoint of run {found}, but this run's fingerprint is {self.fingerprint} "
+                        "(spec, training config and data); it was copied or moved here — remove it to train afresh")
+                state = ckpt.load_checkpoint(folder, model, optimizer, scheduler)
+            except ForeignCheckpointError:
+                raise
+            except Exception as err:  # damaged: hash mismatch, truncated torch file, unreadable JSON, ...
+                damaged = folder.with_name(folder.name + ".damaged")
+                shutil.rmtree(damaged, ignore_errors=True)
+                folder.rename(damaged)
+                log.warning("checkpoint %s is damaged (%s); kept as %s, trying the previous one", folder, err,
+                            damaged.name)
+                continue
+            log.info("resuming from %s (step %d)", folder, state["step"])
+            return model, optimizer, scheduler, state
+        return (*self._build(), None)
 
     # -- loop ----------------------------------------------------------------------------------
     def fit(self, until_step: int | None = None) -> TrainResult:
         """Train to ``cfg.max_steps`` (or stop early after ``until_step`` steps, as a preemption would)."""
+        lock = RunLock(self.run_dir).acquire() if self.accelerator.is_main_process else None
+        try:
+            with Watch() as watch:
+                return self._fit(until_step, watch)
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _fit(self, until_step: int | None, watch: Watch) -> TrainResult:
         acc, cfg = self.accelerator, self.cfg
-        model, optimizer, scheduler = self._build()
-        state = self._resume(model, optimizer, scheduler)
+        model, optimizer, scheduler, state = self._resume()
         start = state["step"] if state else 0
         rows: list[dict[str, Any]] = state["rows"] if state else []
         # This run's backends: the steps before an interruption (from the checkpoint) and this process's.
@@ -176,8 +208,16 @@ class Trainer:
             crossed = [b for b in budgets if tokens - global_tokens < b <= tokens]
             for b in crossed:
                 self._save_budget(model, b, tokens)
-            if done % cfg.save_every_steps == 0 or done == stop:
+            saved = done % cfg.save_every_steps == 0 or done == stop
+            if saved:
                 self._save_checkpoint(model, optimizer, scheduler, done, rows)
+            reason = self._stop_reason(watch) if done < stop else None
+            if reason:
+                if not saved:
+                    self._save_checkpoint(model, optimizer, scheduler, done, rows)
+                bar.close()
+                raise RunInterrupted(f"training stopped after step {done} of {total}: {reason}; a resumable "
+                                     f"checkpoint is in {self.ckpt_dir} (rerun to continue)")
         bar.close()
         completed = stop == total
         final_dir = self.out_dir / "final"
@@ -187,6 +227,16 @@ class Trainer:
         budget_dirs = {b: self.out_dir / f"budget-{b}" for b in budgets}
         return TrainResult(rows, final_dir, budget_dirs, resumed_from_step=start or None, completed=completed,
                            step=max(start, stop))
+
+    def _stop_reason(self, watch: Watch) -> str | None:
+        """The watch's reason to stop, agreed by every process (each stops at the same step)."""
+        reason = watch.stop_reason()
+        if self.accelerator.num_processes == 1:
+            return reason
+        flag = torch.tensor(float(reason is not None), device=self.accelerator.device)
+        if self.accelerator.reduce(flag, reduction="sum").item() > 0:
+            return reason or "another process was stopped"
+        return None
 
     def _clip(self, model) -> float:
         params = [p for p in model.parameters() if p.grad is not None]

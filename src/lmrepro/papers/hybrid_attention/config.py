@@ -8,10 +8,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ...config.schema_tools import bounded, require
+from ...config.schema_tools import ConfigError, bounded, require
 
 # The paper's seven architectures plus its proposal; every one is a layer-wise hybrid except "full".
 ARCHITECTURES = ("full", "swa-small", "swa-mid", "swa-large", "lightning", "mamba2", "gdn", "swa-small-nope")
+
+
+def check_arch(arch: str) -> str:
+    """``arch`` itself, if it is one of ARCHITECTURES (a notebook parameter like ``swa-small-foo`` would
+    otherwise train swa-small under a new name)."""
+    if arch not in ARCHITECTURES:
+        raise ConfigError(f"arch: {arch!r} is not an architecture; choose one of {list(ARCHITECTURES)}")
+    return arch
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -103,16 +111,20 @@ class HybridConfig:
 
     def window(self, arch: str) -> int | None:
         """Sliding window of ``arch`` in tokens (None for architectures without SWA layers)."""
+        check_arch(arch)
         if not arch.startswith("swa-"):
             return None
-        name = arch.split("-")[1]
-        return max(1, round(self.window_fractions[name] * self.seq_len))
+        return round(self.window_fractions[arch.split("-")[1]] * self.seq_len)
 
     def check(self, path: str) -> None:
         require(set(self.window_fractions) == {"small", "mid", "large"}, f"{path}.window_fractions",
                 f"give exactly the keys small, mid, large; got {sorted(self.window_fractions)}")
         for name, frac in self.window_fractions.items():
             require(0 < frac <= 1, f"{path}.window_fractions.{name}", f"{frac} must be in (0, 1]")
+            # A window that rounds to 0 tokens is no window; it used to become a 1-token window silently.
+            require(round(frac * self.seq_len) >= 1, f"{path}.window_fractions.{name}",
+                    f"{frac} × seq_len {self.seq_len} rounds to {round(frac * self.seq_len)} tokens; "
+                    f"use at least {0.5 / self.seq_len:.3g}")
         require(len(self.sizes) >= 1, f"{path}.sizes", "define at least one size")
         require(self.budget_fractions == sorted(set(self.budget_fractions)) and self.budget_fractions[-1] == 1.0,
                 f"{path}.budget_fractions", "must be strictly increasing and end at 1.0")

@@ -18,12 +18,13 @@ Metrics (named in pipelines/hybrid_attention/claims.yaml; all from our own numbe
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pandas as pd
 from scipy.stats import binom
 
-from ...analysis.scaling import fit_scaling_law
+from ...analysis.scaling import ScalingFitWarning, fit_scaling_law
 from ...paths import Paths
 from . import artifacts
 from .config import ARCHITECTURES
@@ -59,9 +60,12 @@ def scaling_fits(curves: pd.DataFrame, **options) -> pd.DataFrame:
             if ok.sum() < 4:
                 rows.append({"arch": arch, "target": target, "n_points": int(ok.sum())})
                 continue
-            fit = fit_scaling_law(group["parameters"][ok], group["tokens"][ok], values[ok], **options)
+            with warnings.catch_warnings():  # recorded per row instead (identifiable, at_bound)
+                warnings.simplefilter("ignore", ScalingFitWarning)
+                fit = fit_scaling_law(group["parameters"][ok], group["tokens"][ok], values[ok], **options)
             rows.append({"arch": arch, "target": target, "n_points": int(ok.sum()), "alpha": fit.alpha,
-                         "beta": fit.beta, "b": fit.b, "c": fit.c, "r2": fit.r2, "rmse": fit.rmse})
+                         "beta": fit.beta, "b": fit.b, "c": fit.c, "r2": fit.r2, "rmse": fit.rmse,
+                         "identifiable": fit.identifiable, "at_bound": " ".join(fit.at_bound)})
     return pd.DataFrame(rows)
 
 

@@ -12,12 +12,13 @@ from ...models.hybrid import layers_from_pattern
 from ...paths import Paths
 from . import artifacts
 from .artifacts import PAPER
+from .config import check_arch
 
 
 def mixer_token(cfg: Config, arch: str) -> str:
     """Layer token of the efficient layers of ``arch`` (``full`` for the all-attention baseline)."""
     h = cfg.hybrid_attention
-    if arch == "full":
+    if check_arch(arch) == "full":
         return "full"
     if arch.startswith("swa-"):
         return render_layer_token("attention", h.window(arch))

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ...config.schema_tools import ConfigError
 from ...paths import Paths
+from .config import TASKS
 
 PAPER = "lora_alpha"
 #: The tables of a sweep and of a methods stage (one folder per task), and of the mechanisms stage.
@@ -47,9 +49,16 @@ def task_dir(paths: Paths) -> Path:
     return paths.paper_data(PAPER)
 
 
+def check_task(task: str) -> str:
+    """``task`` itself, if it is one of TASKS (a notebook parameter names files and folders)."""
+    if task not in TASKS:
+        raise ConfigError(f"task: {task!r} is not a task; choose one of {list(TASKS)}")
+    return task
+
+
 def task_file(paths: Paths, task: str) -> Path:
     """A task's tensors (keys ``<split>.<tensor>``)."""
-    return task_dir(paths) / f"{task}.safetensors"
+    return task_dir(paths) / f"{check_task(task)}.safetensors"
 
 
 def domain_manifest(paths: Paths) -> Path:
@@ -72,11 +81,11 @@ def data_provenance(paths: Paths) -> Path:
 # ------------------------------------------------------------------------------------------ stage tables
 
 def sweep_dir(paths: Paths, task: str) -> Path:
-    return results(paths) / "sweep" / task
+    return results(paths) / "sweep" / check_task(task)
 
 
 def methods_dir(paths: Paths, task: str) -> Path:
-    return results(paths) / "methods" / task
+    return results(paths) / "methods" / check_task(task)
 
 
 def mechanisms_dir(paths: Paths) -> Path:

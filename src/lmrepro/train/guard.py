@@ -1,0 +1,131 @@
+"""What keeps one training run safe from the processes around it.
+
+- :class:`RunLock`: an exclusive ``flock`` on ``<checkpoint folder>/.lock``. A second trainer on the same folder
+  (a rerun while an orphaned one still trains, two notebooks) is refused with :class:`RunLockedError` naming the
+  holder. The kernel releases an ``flock`` when the process ends in any way (even SIGKILL), so a stale lock
+  never blocks a rerun.
+- :class:`Watch`: stops a run, at a step boundary, when Ctrl-C arrives (SIGINT) or when a process that started it
+  has died (``dvc`` killed while papermill and its kernel train on: the orphan case). The trainer then saves a
+  resumable checkpoint and raises :class:`RunInterrupted` with a one-line message.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+
+class RunLockedError(RuntimeError):
+    """Another process is training into the same checkpoint folder."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """The run stopped early (Ctrl-C or its launcher died) after saving a resumable checkpoint."""
+
+
+class RunLock:
+    """Exclusive lock on one run's checkpoint folder (a context manager; re-entrant per object only)."""
+
+    def __init__(self, folder: str | Path):
+        self.path = Path(folder) / ".lock"
+        self._fh = None
+
+    def acquire(self) -> "RunLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(self.path, "a+")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "unknown process"
+            fh.close()
+            raise RunLockedError(f"{self.path.parent}: another trainer holds this run ({holder}); stop it or wait "
+                                 "for it to finish, then rerun (it resumes from the last checkpoint)") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                             "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+                             "command": " ".join(psutil.Process().cmdline())[:300]}))
+        fh.flush()
+        self._fh = fh
+        return self
+
+    def release(self) -> None:
+        if self._fh is not None:
+            self._fh.close()  # closing drops the flock
+            self._fh = None
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def launchers(limit: int = 8) -> list[psutil.Process]:
+    """The processes that started this one, nearest first, up to and including the nearest ``dvc`` process
+    (nothing above it: a run under ``nohup`` must outlive the shell that started it). Without a ``dvc``
+    ancestor only the direct parent counts (papermill or Jupyter, whose kernel this process is)."""
+    chain = []
+    proc = psutil.Process()
+    for _ in range(limit):
+        proc = proc.parent()
+        if proc is None or proc.pid == 1:
+            break
+        chain.append(proc)
+        try:
+            if any(Path(part).name == "dvc" or part.endswith("/dvc") for part in proc.cmdline()[:2]):
+                return chain
+        except psutil.Error:
+            break
+    return chain[:1]
+
+
+class Watch:
+    """``stop_reason()`` is None while the run may go on. Install with ``with Watch():`` around the loop: Ctrl-C
+    then sets a flag instead of raising mid-step (an optimizer step cut in half cannot be checkpointed)."""
+
+    def __init__(self, poll_every_s: float = 2.0):
+        self.poll_every_s = poll_every_s
+        self._launchers = [(proc, proc.name()) for proc in launchers()]
+        self._interrupted = False
+        self._last_poll = 0.0
+        self._previous = None
+
+    def _on_sigint(self, signum, frame) -> None:
+        if self._interrupted:  # a second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        self._interrupted = True
+
+    def __enter__(self) -> "Watch":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+    def stop_reason(self) -> str | None:
+        if self._interrupted:
+            return "interrupted (Ctrl-C)"
+        now = time.monotonic()
+        if now - self._last_poll >= self.poll_every_s:
+            self._last_poll = now
+            for proc, name in self._launchers:
+                try:
+                    gone = not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE
+                except psutil.NoSuchProcess:
+                    gone = True
+                if gone:
+                    return f"its launcher {name} (pid {proc.pid}) has exited"
+        return None
