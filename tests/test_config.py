@@ -110,6 +110,8 @@ REJECTIONS = [
     ("odd-head-dim", _set(f"{S}.model.hidden_size", 34), f"{S}.model.num_heads", "even"),
     ("train-seq-gt-max", _set(f"{S}.train.seq_len", 192), f"{S}.train.seq_len", "max_seq_len"),
     ("eval-seq-gt-max", _set(f"{S}.eval.seq_len", 161), f"{S}.eval.seq_len", "max_seq_len"),
+    ("longppl-docs-gt-evaluator", _set(f"{S}.hybrid_attention.seq_len", 192), f"{S}.hybrid_attention.seq_len",
+     "LongPPL evaluator"),
     ("micro-not-dividing", _set(f"{S}.train.micro_batch_size", 3), f"{S}.train.micro_batch_size", "divide"),
     ("micro-gt-batch", _set(f"{S}.train.micro_batch_size", 16), f"{S}.train.micro_batch_size", "divide"),
     ("below-one-step", _both(_set(f"{S}.train.max_tokens", 511), _set(f"{S}.train.checkpoint_tokens", [])),

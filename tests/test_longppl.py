@@ -44,17 +44,15 @@ def logprob_loop(model, doc, p, context_start):
 
 
 def reference_context_start(p, t, k, block):
-    """The documented rule, written per target: p <= K sees everything; otherwise p lies in block
-    number (p-K-1)//block starting at K+1, whose last target e sees exactly the K tokens before it."""
-    if p <= k:
+    """The documented rule, written per target: targets p < K see everything; otherwise p lies in block
+    number (p-K)//block starting at K, whose shared context starts K tokens before the block's first target."""
+    if p < k:
         return 0
-    s = k + 1 + ((p - k - 1) // block) * block
-    e = min(s + block - 1, t - 1)
-    return e - k
+    return ((p - k) // block) * block
 
 
-# (T, K, block): odd lengths, block = 1, block = K, a short last block, K >= T (nothing truncated).
-CASES = [(23, 8, 3), (20, 4, 4), (17, 6, 1), (16, 15, 2), (9, 20, 2), (30, 7, 5)]
+# (T, K, block): odd lengths, block = 1, block = K, block > K, a short last block, K >= T (nothing truncated).
+CASES = [(23, 8, 3), (20, 4, 4), (17, 6, 1), (16, 15, 2), (9, 20, 2), (30, 7, 5), (25, 3, 7)]
 
 
 @pytest.mark.parametrize("t,k,block", CASES)
@@ -67,7 +65,7 @@ def test_scores_equal_sliced_context_loop(t, k, block, pattern):
     for d in range(3):
         for p in range(1, t):
             c = reference_context_start(p, t, k, block)
-            assert k - block + 1 <= p - c <= k or c == 0  # every truncated target sees between K-block+1 and K
+            assert k <= p - c <= k + block - 1 or c == 0  # every truncated target sees between K and K+block-1
             full = logprob_loop(model, docs[d], p, 0)
             trunc = logprob_loop(model, docs[d], p, c)
             assert got["lcl"][d, p - 1].item() == pytest.approx(full, abs=2e-5)
@@ -78,9 +76,9 @@ def test_scores_equal_sliced_context_loop(t, k, block, pattern):
 def test_lsd_exactly_zero_without_truncation_and_nonzero_after(t, k, block):
     got = key_token_scores(make_model(), docs_of(2, t), truncation=k, block=block)
     lsd = got["lsd"]
-    assert torch.all(lsd[:, :min(k, t - 1)] == 0)  # targets p <= K: identical contexts
-    if t - 1 > k:
-        assert torch.all(lsd[:, k:].abs() > 0)  # a random model always notices a cut context
+    assert torch.all(lsd[:, :k + block - 1] == 0)  # targets p < K + block (block 0): identical contexts
+    if t - 1 > k + block - 1:
+        assert torch.all(lsd[:, k + block - 1:].abs() > 0)  # a random model always notices a cut context
 
 
 def test_batch_size_does_not_change_scores():
@@ -179,7 +177,6 @@ def test_key_token_file_round_trip_and_checks(tmp_path):
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    (dict(truncation=4, block=5), "block must be <= truncation"),
     (dict(truncation=0, block=1), "truncation must be an int >= 1"),
     (dict(truncation=4, block=0), "block must be an int >= 1"),
     (dict(truncation=4, block=2, batch_size=0), "batch_size"),

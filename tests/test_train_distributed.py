@@ -39,7 +39,7 @@ def shrink_params(src: Path, dst: Path, vocab_size: int) -> None:
         shutil.copy(src.parent / "profiles" / f"{name}.yaml", dst.parent / "profiles" / f"{name}.yaml")
     smoke = yaml12.loads((src.parent / "profiles" / "smoke.yaml").read_text())
     smoke["tokenizer"]["vocab_size"] = vocab_size
-    # max_seq_len covers the smoke hybrid_attention documents (the LongPPL evaluator scores them); training uses 16.
+    # max_seq_len covers the smoke hybrid_attention documents (the LongPPL evaluator check); training uses 16.
     smoke["model"] = {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "intermediate_size": 64, "max_seq_len": 160}
     smoke["train"] = {"seq_len": 16, "batch_size": 8, "micro_batch_size": 4, "max_tokens": 6 * 8 * 16, "lr": 3e-3,
                       "warmup_fraction": 0.2, "checkpoint_tokens": [256], "save_every_steps": 3,

@@ -183,3 +183,6 @@ class Config:
                 f"{self.train.seq_len} exceeds model.max_seq_len {self.model.max_seq_len}")
         require(self.eval.seq_len <= self.model.max_seq_len, f"{where}eval.seq_len",
                 f"{self.eval.seq_len} exceeds model.max_seq_len {self.model.max_seq_len}")
+        for name, section in self.papers.items():  # a paper's rules that involve the core sections
+            if hasattr(section, "check_with"):
+                section.check_with(self, f"{where}{name}.")

@@ -11,14 +11,15 @@ Conventions (all log-probabilities in nats):
 * ``docs`` [N, T] token ids. Target p (1 ≤ p ≤ T−1) is ``docs[:, p]`` predicted from its p previous
   tokens; score arrays are [N, T−1] with column j holding target p = j + 1 (as :func:`token_nll`).
 * Full score: log p(x_p | x_0 … x_{p−1}) from one forward of the whole document.
-* Truncated score ("last K tokens", K = ``truncation``):
-  - targets p ≤ K have at most K previous tokens, so truncation changes nothing; their full score is
-    reused and LSD is exactly 0;
-  - targets p > K are grouped into blocks of ``block`` consecutive targets starting at K+1
-    ([K+1, K+block], [K+block+1, K+2·block], …; the last block may be shorter). A block [s, e] is
-    scored by ONE forward of the K tokens x_{e−K} … x_{e−1}, so target p sees the K − (e − p)
-    tokens right before it: K for the block's last target, K − block + 1 for the first target of a
-    full block. (This is the cost saving of the original method: one context per block, not per token.)
+* Truncated score ("last K tokens", K = ``truncation``), exactly as the authors' reference package
+  (``longppl`` 0.3.0, ``find_key_token``) computes it:
+  - targets are grouped into blocks of ``block`` consecutive targets starting at K
+    ([K, K+block−1], [K+block, K+2·block−1], …; the last block may be shorter). Block j is scored by ONE
+    forward of the tokens from x_{j·block} on, so a target in it sees between K (the block's first) and
+    K + block − 1 previous tokens — never fewer than K. (The cost saving of the original method: one
+    context per block, not per token.)
+  - block 0 and every target p < K therefore keep their whole prefix; their full score is reused and
+    LSD is exactly 0.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from .loss import token_nll
 
 # The paper's setting: K = 4096 for 32K-token documents, blocks of 1024 targets per truncated context.
 PAPER_DOC_LEN, PAPER_TRUNCATION, PAPER_BLOCK = 32768, 4096, 1024
-FORMAT = "lmrepro.longppl.key_tokens/1"
+FORMAT = "lmrepro.longppl.key_tokens/2"  # /2: blocks as in the reference package (/1 truncated differently)
 _RESERVED_META = ("format", "evaluator_id", "truncation", "block", "lsd_threshold", "lcl_threshold",
                   "docs_sha256", "docs_shape")
 
@@ -76,9 +77,11 @@ def scaled_truncation(doc_len: int) -> tuple[int, int]:
     return k, max(1, round(k * PAPER_BLOCK / PAPER_TRUNCATION))
 
 
-def truncation_blocks(doc_len: int, truncation: int, block: int) -> list[tuple[int, int]]:
-    """Inclusive target ranges [s, e] that share one truncated context (targets p > K; see module doc)."""
-    return [(s, min(s + block, doc_len) - 1) for s in range(truncation + 1, doc_len, block)]
+def truncation_blocks(doc_len: int, truncation: int, block: int) -> list[tuple[int, int, int]]:
+    """(c, s, e): inclusive target ranges [s, e] whose shared context starts at token c < s (see module doc);
+    only blocks that actually lose context (c > 0) are listed."""
+    return [(s - truncation, s, min(s + block, doc_len) - 1)
+            for s in range(truncation + block, doc_len, block)]
 
 
 @torch.no_grad()
@@ -86,17 +89,14 @@ def key_token_scores(evaluator: torch.nn.Module, docs: torch.Tensor, truncation:
                      batch_size: int = 4) -> dict[str, torch.Tensor]:
     """Per-token LSD and LCL of ``evaluator`` on ``docs`` [N, T] (CPU float32 tensors [N, T−1]).
 
-    lcl = log p(x_p | full prefix); lsd = lcl − log p(x_p | last ``truncation`` tokens), with the
-    truncated contexts shared by blocks of ``block`` targets (module doc). ``batch_size`` documents
-    (full pass) or truncated windows of K tokens (truncated pass) go through one forward.
+    lcl = log p(x_p | full prefix); lsd = lcl − log p(x_p | truncated context), with the truncated contexts
+    shared by blocks of ``block`` targets as in the reference package (module doc). ``batch_size`` documents
+    (full pass) or truncated windows of equal length (truncated pass) go through one forward.
     """
     _check_docs(docs)
     _check_int("truncation", truncation, 1)
     _check_int("block", block, 1)
     _check_int("batch_size", batch_size, 1)
-    if block > truncation:
-        # A block longer than K would leave its first targets with fewer than 1 context token.
-        raise ValueError(f"block must be <= truncation (K={truncation}), got {block}")
     n, t = docs.shape
     device = _device(evaluator)
     was_training = evaluator.training
@@ -104,17 +104,19 @@ def key_token_scores(evaluator: torch.nn.Module, docs: torch.Tensor, truncation:
     try:
         lcl = torch.cat([-token_nll(evaluator, docs[i:i + batch_size].to(device)).cpu()
                          for i in range(0, n, batch_size)])
-        # Targets p <= K keep their full score: their last-K context is the full prefix (LSD exactly 0).
-        truncated = lcl.clone()
-        jobs = [(d, s, e) for d in range(n) for s, e in truncation_blocks(t, truncation, block)]
-        for i in range(0, len(jobs), batch_size):
-            chunk = jobs[i:i + batch_size]
-            windows = torch.stack([docs[d, e - truncation:e] for d, _, e in chunk]).to(device)  # [b, K]
-            logits = evaluator(windows).float()  # [b, K, V]
-            for row, (d, s, e) in enumerate(chunk):
-                m = e - s + 1  # the block's targets are predicted at the last m window positions
+        truncated = lcl.clone()  # targets that keep their whole prefix: LSD exactly 0
+        jobs = [(d, c, s, e) for d in range(n) for c, s, e in truncation_blocks(t, truncation, block)]
+        # Windows x_c … x_{e−1}; only a document's last block can be shorter, so batch equal lengths together.
+        by_len: dict[int, list] = {}
+        for job in jobs:
+            by_len.setdefault(job[3] - job[1], []).append(job)
+        chunks = [g[i:i + batch_size] for g in by_len.values() for i in range(0, len(g), batch_size)]
+        for chunk in chunks:
+            windows = torch.stack([docs[d, c:e] for d, c, _, e in chunk]).to(device)  # [b, e − c]
+            logits = evaluator(windows).float()  # [b, e − c, V]
+            for row, (d, c, s, e) in enumerate(chunk):
                 target = docs[d, s:e + 1].to(device)
-                nll = F.cross_entropy(logits[row, truncation - m:], target, reduction="none")
+                nll = F.cross_entropy(logits[row, s - c - 1:], target, reduction="none")
                 truncated[d, s - 1:e] = -nll.cpu()
     finally:
         evaluator.train(was_training)

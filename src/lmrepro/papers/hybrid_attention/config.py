@@ -137,6 +137,12 @@ class HybridConfig:
             require(size.max_tokens >= self.batch_size * self.seq_len, f"{path}.sizes.{name}.max_tokens",
                     f"{size.max_tokens} is less than one step ({self.batch_size * self.seq_len} tokens)")
 
+    def check_with(self, cfg, path: str) -> None:
+        """Rules against the core sections (``cfg``: the whole Config)."""
+        require(self.seq_len <= cfg.model.max_seq_len, f"{path}seq_len",
+                f"{self.seq_len} exceeds model.max_seq_len {cfg.model.max_seq_len}: the LongPPL evaluator (the "
+                f"foundation baseline) must accept the documents it scores")
+
 
 # The loader (lmrepro.config.paper_schemas) finds the paper by its folder and types its section with SCHEMA.
 SCHEMA = HybridConfig

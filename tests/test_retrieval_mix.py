@@ -1,0 +1,120 @@
+"""The retrieval mixer: exact share per batch, answers where stated and far enough back, plain rows untouched,
+a pure function of (seed, step), and the trainer's fingerprint tells mixed runs apart."""
+
+from __future__ import annotations
+
+import sysconfig
+from pathlib import Path
+
+import pytest
+import torch
+
+from lmrepro.data import ChunkSampler, ShardedTokens, train_bpe_tokenizer, write_shards
+from lmrepro.data.retrieval_mix import MIX_KINDS, RECALL_STATEMENT, MixedSampler, RetrievalMix, Row
+from lmrepro.data.synthetic import NEEDLE_TEMPLATE
+
+STDLIB = Path(sysconfig.get_paths()["stdlib"])
+SEQ = 320
+
+
+@pytest.fixture(scope="module")
+def stream(tmp_path_factory):
+    texts = [(STDLIB / n).read_text(encoding="utf-8")[:30000] for n in ("textwrap.py", "string.py", "heapq.py")]
+    tok = train_bpe_tokenizer(texts, vocab_size=600)
+    folder = tmp_path_factory.mktemp("shards")
+    write_shards([tok.encode(t).ids for t in texts], folder, eos_id=0, vocab_size=tok.get_vocab_size(),
+                 shard_tokens=4096)
+    return tok, ShardedTokens(folder)
+
+
+def sampler(stream, share=0.25, kinds=("single_needle", "multikey", "kv_retrieval", "multiquery"), seed=3,
+            min_distance=40, recall_pairs=2) -> MixedSampler:
+    tok, tokens = stream
+    mix = RetrievalMix(share=share, kinds=tuple(kinds), value_digits=3, min_distance=min_distance, seed=seed,
+                       recall_pairs=recall_pairs)
+    return MixedSampler(ChunkSampler(tokens, SEQ, seed=7), mix, tok)
+
+
+@pytest.mark.parametrize("share,batch_size,rows", [(0.25, 8, 2), (0.5, 8, 4), (0.1, 20, 2), (0.3, 10, 3)])
+def test_exact_share_and_plain_rows_untouched(stream, share, batch_size, rows):
+    s = sampler(stream, share=share)
+    for step in range(6):
+        batch, plain = s.batch(step, batch_size), s.base.batch(step, batch_size)
+        where = s.positions(step, batch_size)
+        assert batch.shape == (batch_size, SEQ + 1) and len(where) == rows
+        others = [r for r in range(batch_size) if r not in where]
+        assert torch.equal(batch[others], plain[others])  # the ordinary chunks, exactly
+        assert all(not torch.equal(batch[r], plain[r]) for r in where)
+    # Synthetic rows move around the batch (not always the same slots).
+    assert len({tuple(s.positions(step, batch_size)) for step in range(20)}) > 1
+
+
+@pytest.mark.parametrize("kind", ["single_needle", "multikey", "multiquery", "kv_retrieval", "recall"])
+def test_values_are_where_stated_and_far_enough_back(stream, kind):
+    tok, _ = stream
+    s = sampler(stream, kinds=(kind,), min_distance=60)
+    for step in range(8):
+        for r in s.positions(step, 8):
+            row = s.row(step, r)
+            ids = s.batch(step, 8)[r].tolist()
+            assert ids == row.ids and len(ids) == SEQ + 1 and row.kind == kind
+            assert len(row.pairs) == len(row.values) and row.distance() >= 60
+            for value, (source, target) in zip(row.values, row.pairs):
+                assert target - source >= 60
+                assert tok.decode(ids[source:source + 8]).strip().startswith(value)  # the needle's value ...
+                assert value in tok.decode(ids[target:])  # ... is written again from the target on
+            text = tok.decode(ids)
+            if kind == "recall":  # every key's needle, then its statement with the same value, in the template
+                keys = [line.split(" for ")[1].split(" is:")[0] for line in text.split("\n")
+                        if line.startswith("One of the special magic numbers for ")]
+                assert len(keys) == len(row.values)  # needle order = the order of values and pairs
+                for key, value, (source, target) in zip(keys, row.values, row.pairs):
+                    assert NEEDLE_TEMPLATE.format(key=key, value=value) in text
+                    assert tok.decode(ids[:target]).endswith("\n" + RECALL_STATEMENT.format(key=key))
+                    assert tok.decode(ids[target:]).startswith(f" {value}.")
+            elif kind == "single_needle":
+                assert NEEDLE_TEMPLATE.format(key=_needle_key(text), value=row.values[0]) in text
+
+
+def _needle_key(text: str) -> str:
+    return text.split("One of the special magic numbers for ")[1].split(" is:")[0]
+
+
+def test_kinds_are_cycled_and_all_occur(stream):
+    s = sampler(stream, kinds=MIX_KINDS)
+    seen = {s.row(step, r).kind for step in range(12) for r in s.positions(step, 8)}
+    assert seen == set(MIX_KINDS)
+
+
+def test_pure_function_of_seed_and_step(stream):
+    a, b = sampler(stream), sampler(stream)
+    order = [5, 0, 3, 5, 1]
+    first = {step: a.batch(step, 8) for step in order}
+    for step in reversed(order):  # any order, a fresh sampler: the same batches (resume-exact)
+        assert torch.equal(b.batch(step, 8), first[step])
+    other = sampler(stream, seed=4)
+    assert not torch.equal(other.batch(0, 8), first[0])
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(share=0.0), "share must be in"), (dict(share=1.0), "share must be in"),
+    (dict(kinds=()), "kinds must be"), (dict(kinds=("needle",)), "kinds must be"),
+    (dict(min_distance=0), "min_distance must be"), (dict(min_distance=160), "below half of seq_len"),
+])
+def test_bad_mix_is_refused(stream, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        sampler(stream, **kwargs)
+
+
+def test_too_small_share_for_the_batch_is_refused(stream):
+    with pytest.raises(ValueError, match="gives 0 synthetic rows"):
+        sampler(stream, share=0.05).batch(0, 8)
+
+
+def test_distance_is_the_closest_pair():
+    assert Row(ids=[], kind="recall", values=("1", "2"), pairs=((30, 90), (12, 40))).distance() == 28
+
+
+def test_recall_row_that_cannot_fit_is_refused(stream):
+    with pytest.raises(ValueError, match="recall row of 12 pairs needs"):
+        sampler(stream, kinds=("recall",), recall_pairs=12).row(0, 0)
