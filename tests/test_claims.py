@@ -94,10 +94,32 @@ def test_by_construction_and_noise_and_revisions_are_recorded(tmp_path):
     assert [r["verdict"] for r in rows] == ["holds by construction", "reproduced"]
     # an identity that fails is reported as failing, never as "by construction"
     assert build_ledger(crit, {"ratio": 1.2, "gap": 0.0})[0]["verdict"] == "not reproduced"
-    assert rows[1]["noise"] == {"source": "3 seeds", "metric": "seed_se", "value": 0.007}
+    assert rows[1]["noise"] == {"source": "3 seeds", "metric": "seed_se", "value": 0.007, "multiple": None}
     assert rows[1]["revisions"][0]["old_verdict"] == "reproduced"
     table = render_markdown({"claims": rows})
     assert "3 seeds (measured 0.007)" in table and "1 revision(s)" in table
+
+
+@pytest.mark.parametrize("gap,noise,expected", [
+    (-0.05, 0.01, "reproduced"),         # beyond 2 × 0.01
+    (-0.015, 0.01, "inconclusive"),      # inside 2 × 0.01
+    (-0.015, 0.005, "reproduced"),       # the same gap against a quieter measurement
+    (0.05, 0.01, "not reproduced"),
+    (-0.05, math.nan, "inconclusive"),   # no noise measured: no margin, no verdict
+])
+def test_margin_is_a_multiple_of_the_measured_noise(gap, noise, expected):
+    crit = {"loss": Claim("X wins", "gap", "<", 0.0, margin_source="2 seed standard errors", noise_metric="se",
+                          margin_noise_multiple=2.0)}
+    (row,) = build_ledger(crit, {"gap": gap, "se": noise})
+    assert row["verdict"] == expected
+    assert row["margin"] == (None if math.isnan(noise) else pytest.approx(2 * noise))
+    assert row["noise"]["multiple"] == 2.0
+    assert row["criterion"].startswith("gap < 0 ± 2·se (= ")
+
+
+def test_noise_multiple_needs_a_noise_metric():
+    with pytest.raises(ValueError, match="needs a noise_metric"):
+        Claim("s", "m", "<", 0.0, margin_noise_multiple=2.0)
 
 
 def test_publish_writes_ledger_markdown_and_flat_metrics(tmp_path):

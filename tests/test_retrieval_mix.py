@@ -28,10 +28,10 @@ def stream(tmp_path_factory):
 
 
 def sampler(stream, share=0.25, kinds=("single_needle", "multikey", "kv_retrieval", "multiquery"), seed=3,
-            min_distance=40, recall_pairs=2) -> MixedSampler:
+            min_distance=40, recall_pairs=2, repeat_tokens=32, repeat_vocab=None) -> MixedSampler:
     tok, tokens = stream
     mix = RetrievalMix(share=share, kinds=tuple(kinds), value_digits=3, min_distance=min_distance, seed=seed,
-                       recall_pairs=recall_pairs)
+                       recall_pairs=recall_pairs, repeat_tokens=repeat_tokens, repeat_vocab=repeat_vocab)
     return MixedSampler(ChunkSampler(tokens, SEQ, seed=7), mix, tok)
 
 
@@ -118,3 +118,36 @@ def test_distance_is_the_closest_pair():
 def test_recall_row_that_cannot_fit_is_refused(stream):
     with pytest.raises(ValueError, match="recall row of 12 pairs needs"):
         sampler(stream, kinds=("recall",), recall_pairs=12).row(0, 0)
+
+
+@pytest.mark.parametrize("vocab", [None, 50])
+def test_repeat_rows_end_with_a_copy_of_an_earlier_span(stream, vocab):
+    s = sampler(stream, kinds=("repeat",), repeat_tokens=48, repeat_vocab=vocab)
+    plain = ChunkSampler(stream[1], SEQ, seed=7)
+    for step in range(6):
+        for r in s.positions(step, 8):
+            row = s.row(step, r)
+            (source, target), = row.pairs
+            assert len(row.ids) == SEQ + 1 and target == SEQ + 1 - 48
+            assert row.ids[target:] == row.ids[source:source + 48]
+            assert target - source >= 40 == s.mix.min_distance
+            span = row.ids[source:source + 48]
+            if vocab is not None:  # random ids from [256, 306): nothing but the copy predicts them
+                assert all(256 <= t < 306 for t in span) and len(set(span)) > 20
+        assert torch.equal(s.batch(step, 8)[[i for i in range(8) if i not in s.positions(step, 8)]],
+                           plain.batch(step, 8)[[i for i in range(8) if i not in s.positions(step, 8)]])
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(repeat_vocab=1), "repeat_vocab must be"), (dict(repeat_vocab=True), "repeat_vocab must be"),
+    (dict(repeat_vocab=400), "repeat_vocab 400 needs ids up to 656; the tokenizer has 600"),
+    (dict(repeat_tokens=0), "repeat_tokens must be"),
+])
+def test_bad_repeat_settings_are_refused(stream, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        sampler(stream, kinds=("repeat",), **kwargs)
+
+
+def test_repeat_row_that_cannot_fit_is_refused(stream):
+    with pytest.raises(ValueError, match="repeat row of span 150 needs 340 tokens; the row has 321"):
+        sampler(stream, kinds=("repeat",), repeat_tokens=150).row(0, 0)

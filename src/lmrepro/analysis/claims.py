@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +74,7 @@ class Claim:
     margin: float = bounded(0.0, min=0.0)
     margin_source: str = "fixed before the first run as a round number (no noise estimate)"
     noise_metric: str | None = None
+    margin_noise_multiple: float | None = bounded(None, min=0.0, doc="margin = this × the measured noise_metric")
     precondition: Precondition | None = None
     by_construction: bool = False
     revisions: list[Revision] = field(default_factory=list)
@@ -82,19 +83,33 @@ class Claim:
         # Built in code (tests, notebooks) as well as from YAML: the same rules either way.
         if self.op not in OPS:
             raise ValueError(f"op {self.op!r} is not allowed; choose one of {list(OPS)}")
-        if not self.margin >= 0:
+        if not (self.margin >= 0 or math.isnan(self.margin)):
             raise ValueError(f"margin must be >= 0, got {self.margin}")
+        if self.margin_noise_multiple is not None and (self.noise_metric is None or self.margin_noise_multiple <= 0):
+            raise ValueError("margin_noise_multiple needs a noise_metric and must be > 0 (the margin is that "
+                             f"multiple of the measured noise); got {self.margin_noise_multiple!r}")
+
+    def with_noise(self, noise: float | None) -> "Claim":
+        """This claim with its margin taken from the measured ``noise`` when ``margin_noise_multiple`` is set
+        (NaN when the noise could not be measured: the verdict is then inconclusive)."""
+        if self.margin_noise_multiple is None:
+            return self
+        margin = self.margin_noise_multiple * noise if noise is not None and math.isfinite(noise) else math.nan
+        return replace(self, margin=margin)
 
     @property
     def criterion(self) -> str:
-        return f"{self.metric} {self.op} {self.threshold:g}" + (f" ± {self.margin:g}" if self.margin else "")
+        head = f"{self.metric} {self.op} {self.threshold:g}"
+        if self.margin_noise_multiple is not None:
+            return head + f" ± {self.margin_noise_multiple:g}·{self.noise_metric} (= {self.margin:.3g})"
+        return head + (f" ± {self.margin:g}" if self.margin else "")
 
 
 def verdict(value: float | None, claim: Claim, precondition_held: bool | None = None) -> str:
     """The verdict of ``value`` under ``claim``; ``precondition_held`` False → not testable at this scale."""
     if claim.precondition is not None and not precondition_held:
         return "not testable at this scale"
-    if value is None or not math.isfinite(value):
+    if value is None or not math.isfinite(value) or math.isnan(claim.margin):
         return "inconclusive"
     signed = OPS[claim.op](value - claim.threshold)  # > 0: on the claim's side of the threshold
     if (claim.op in (">=", "<=") and signed == 0 and claim.margin == 0) or signed > claim.margin:
@@ -121,17 +136,19 @@ def build_ledger(claims: dict[str, Claim], values: dict[str, float | None],
         raise KeyError(f"no value computed for metrics {missing}; every claim needs a value (use NaN if unmeasurable)")
     rows = []
     for cid, claim in claims.items():
+        noise = _finite(values.get(claim.noise_metric)) if claim.noise_metric else None
+        claim = claim.with_noise(noise)
         value = _finite(values[claim.metric])
         pre = claim.precondition
         pre_value = _finite(values.get(pre.metric)) if pre else None
         held = pre.holds(pre_value) if pre else None
         rows.append({
             "id": cid, "statement": claim.statement, "metric": claim.metric, "op": claim.op,
-            "threshold": claim.threshold, "margin": claim.margin, "criterion": claim.criterion, "value": value,
+            "threshold": claim.threshold, "margin": _finite(claim.margin), "criterion": claim.criterion, "value": value,
             "verdict": verdict(value, claim, held),
             "precondition": None if pre is None else {**asdict(pre), "value": pre_value, "held": held},
-            "noise": {"source": claim.margin_source, "metric": claim.noise_metric,
-                      "value": _finite(values.get(claim.noise_metric)) if claim.noise_metric else None},
+            "noise": {"source": claim.margin_source, "metric": claim.noise_metric, "value": noise,
+                      "multiple": claim.margin_noise_multiple},
             "by_construction": claim.by_construction,
             "revisions": [asdict(r) for r in claim.revisions],
             "evidence": (evidence or {}).get(claim.metric, {}),

@@ -10,7 +10,9 @@ haystacks from validation), in the RULER/probe template the evaluation uses:
 * ``"recall"`` (multi-query associative recall): ``recall_pairs`` needles "One of the special magic numbers
   for {key} is: {value}." spread over the haystack, then, after the haystack, one statement per key in random
   order, "The special magic number for {key} mentioned in the provided text is {value}." (the RULER query's
-  last sentence), so every row teaches ``recall_pairs`` retrievals instead of one.
+  last sentence), so every row teaches ``recall_pairs`` retrievals instead of one;
+* ``"repeat"`` (induction): the row ends with a copy of ``repeat_tokens`` tokens that occurred earlier in it —
+  a haystack span, or (``repeat_vocab``) random ids that only copying can predict.
 
 Every value is written at least ``min_distance`` tokens after its needle starts, i.e. beyond the stacked
 receptive field of the smallest sliding window: only a layer that sees that far can copy it. Rows are a pure
@@ -29,7 +31,10 @@ from .batches import ChunkSampler
 from .synthetic import KINDS, NEEDLE_TEMPLATE, QUERY_ONE, _keys, _values, make_task
 
 RECALL = "recall"
-MIX_KINDS = (*KINDS, RECALL)
+REPEAT = "repeat"
+# Random repeat spans draw from ids above the byte-level alphabet (ids < 256 in our BPE tokenizers).
+_RANDOM_ID0 = 256
+MIX_KINDS = (*KINDS, RECALL, REPEAT)
 # The RULER query's last sentence: a recall statement ends exactly where the evaluation's answer starts.
 RECALL_STATEMENT = QUERY_ONE[QUERY_ONE.index("The special"):]
 # Haystack window per synthetic row, in multiples of seq_len: enough for make_task to pick a slice from.
@@ -48,21 +53,28 @@ class RetrievalMix:
     min_distance: int
     seed: int
     recall_pairs: int = 4
+    repeat_tokens: int = 32
+    repeat_vocab: int | None = None
 
     def __post_init__(self):
         if not 0 < self.share < 1:
             raise ValueError(f"share must be in (0, 1), got {self.share!r}")
         if not self.kinds or any(k not in MIX_KINDS for k in self.kinds):
             raise ValueError(f"kinds must be a non-empty subset of {list(MIX_KINDS)}, got {list(self.kinds)}")
-        for name, low in (("value_digits", 1), ("min_distance", 1), ("seed", 0), ("recall_pairs", 1)):
+        for name, low in (("value_digits", 1), ("min_distance", 1), ("seed", 0), ("recall_pairs", 1),
+                          ("repeat_tokens", 1)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+        v = self.repeat_vocab
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 2):
+            raise ValueError(f"repeat_vocab must be None (haystack spans) or an int >= 2, got {v!r}")
 
     def describe(self) -> dict:
         """The fields, for run fingerprints and provenance."""
         return {"share": self.share, "kinds": list(self.kinds), "value_digits": self.value_digits,
-                "min_distance": self.min_distance, "seed": self.seed, "recall_pairs": self.recall_pairs}
+                "min_distance": self.min_distance, "seed": self.seed, "recall_pairs": self.recall_pairs,
+                "repeat_tokens": self.repeat_tokens, "repeat_vocab": self.repeat_vocab}
 
     def rows_per_batch(self, batch_size: int) -> int:
         n = round(self.share * batch_size)
@@ -123,6 +135,22 @@ def recall_row(tokenizer, hay: np.ndarray, length: int, pairs: int, value_digits
     return Row(ids, RECALL, tuple(values), tuple((sources[i], targets[i]) for i in range(pairs)))
 
 
+def repeat_row(hay: np.ndarray, length: int, span: int, min_distance: int, rng: np.random.Generator,
+               vocab: int | None = None) -> Row:
+    """A ``"repeat"`` row: ``length − span`` haystack tokens, then a copy of the ``span`` tokens that start at
+    a random earlier position at least ``min_distance`` back. ``vocab``: None copies a haystack span; an int
+    first overwrites that span with ids drawn uniformly from [256, 256 + vocab), so only copying predicts it."""
+    last = length - 2 * span - min_distance
+    if last < 0:
+        raise ValueError(f"a repeat row of span {span} needs {2 * span + min_distance} tokens; the row has {length}")
+    start = int(rng.integers(0, last + 1))
+    hay = hay[:length - span].copy()
+    if vocab is not None:
+        hay[start:start + span] = rng.integers(_RANDOM_ID0, _RANDOM_ID0 + vocab, size=span)
+    ids = hay.tolist() + hay[start:start + span].tolist()
+    return Row(ids, REPEAT, (), ((start, length - span),))
+
+
 class MixedSampler:
     """A :class:`ChunkSampler` whose batches carry the synthetic rows of ``mix`` (module doc).
 
@@ -132,6 +160,9 @@ class MixedSampler:
     def __init__(self, base: ChunkSampler, mix: RetrievalMix, tokenizer):
         if mix.min_distance >= base.seq_len // 2:
             raise ValueError(f"min_distance {mix.min_distance} must be below half of seq_len {base.seq_len}")
+        if mix.repeat_vocab is not None and _RANDOM_ID0 + mix.repeat_vocab > tokenizer.get_vocab_size():
+            raise ValueError(f"repeat_vocab {mix.repeat_vocab} needs ids up to {_RANDOM_ID0 + mix.repeat_vocab}; the "
+                             f"tokenizer has {tokenizer.get_vocab_size()}")
         self.base, self.mix, self.tokenizer = base, mix, tokenizer
         self.seq_len = base.seq_len
         self._hay_len = min(len(base.tokens), _HAYSTACK_WINDOWS * (base.seq_len + 1))
@@ -154,6 +185,9 @@ class MixedSampler:
                                   "little")
             start = seed % (len(tokens) - self._hay_len + 1)
             hay = tokens.read(start, self._hay_len)
+            if kind == REPEAT:
+                return repeat_row(hay, self.seq_len + 1, self.mix.repeat_tokens, self.mix.min_distance,
+                                  np.random.default_rng(seed), self.mix.repeat_vocab)
             if kind == RECALL:  # distance holds by construction
                 return recall_row(self.tokenizer, hay, self.seq_len + 1, self.mix.recall_pairs,
                                   self.mix.value_digits, self.mix.min_distance, np.random.default_rng(seed))

@@ -2,12 +2,16 @@
 
 One pilot run trains an 8-layer model (full attention at layers 4 and 8 for the hybrids, the same pattern the
 redesigned pipeline uses) on the Python-source stream with synthetic retrieval rows mixed in
-(:mod:`lmrepro.data.retrieval_mix`), keeps snapshots at quarter budgets and measures at each:
+(:mod:`lmrepro.data.retrieval_mix`), keeps ``snapshots`` evenly spaced snapshots and measures at each:
 
 * ``needle_acc``: greedy single-needle RULER accuracy at 1× length on validation haystacks (the task the
   pipeline's precondition uses; 3-digit values, chance ≈ 0);
 * ``value_nll``: mean NLL (nats) of the value tokens in held-out recall rows — the copy signal, which moves
-  before accuracy does; uniform guessing over the 900 values costs ln 900 ≈ 6.80.
+  before accuracy does; uniform guessing over the 900 values costs ln 900 ≈ 6.80;
+* ``copy_acc``: teacher-forced top-1 accuracy on the second copy of 120 random ids (from 256) in held-out
+  "repeat" rows — induction, content-based copying; chance 1/256.
+
+:func:`step_seconds` times one training step of any architecture, for the budget arithmetic.
 """
 
 from __future__ import annotations
@@ -27,45 +31,64 @@ from ...data import ChunkSampler, ShardedTokens, load_tokenizer
 from ...data.retrieval_mix import MixedSampler, RetrievalMix
 from ...data.synthetic import make_task
 from ...eval.ruler import evaluate_task
-from ...models import LMSpec
+from ...models import DecoderLM, LMSpec
 from ...models.hybrid import layers_from_pattern
 from ...paths import Paths
 from ...train import Trainer, load_model
 
 CHANCE_VALUE_NLL = math.log(900)  # 3-digit values without a leading zero
+COPY_SPAN, COPY_VOCAB = 120, 256  # held-out repeat rows of copy_acc (every run, whatever it trained on)
 
 
 @dataclass(frozen=True)
 class PilotRun:
     """One pilot configuration (8 layers, 4 heads, batch 8)."""
 
-    arch: str  # full, swa-small or swa-large
+    arch: str  # one of ARCHITECTURES
     seq_len: int
     hidden_size: int
     steps: int
     share: float
     kinds: tuple[str, ...]
     recall_pairs: int = 4
+    repeat_tokens: int = 64
+    repeat_vocab: int | None = None
     lr: float = 4e-3
+    snapshots: int = 4
     num_layers: int = 8
 
     @property
     def name(self) -> str:
         return (f"{self.arch}-T{self.seq_len}-d{self.hidden_size}-L{self.num_layers}-n{self.steps}-m{self.share}"
-                f"-{'+'.join(self.kinds)}-p{self.recall_pairs}-lr{self.lr}")
-
-    def window(self) -> int | None:
-        return {"full": None, "swa-small": max(1, round(self.seq_len / 128)), "swa-large": round(self.seq_len / 8)}[
-            self.arch]
+                f"-{'+'.join(self.kinds)}-p{self.recall_pairs}-r{self.repeat_tokens}v{self.repeat_vocab}"
+                f"-lr{self.lr}-s{self.snapshots}")
 
 
 def _spec(cfg: Config, run: PilotRun) -> LMSpec:
-    win = run.window()
-    mixer = "full" if win is None else render_layer_token("attention", win)
-    pattern = hybrid_pattern(run.num_layers, mixer, None if win is None else 4)
+    """``run.arch`` with the pipeline's windows (fractions of ``run.seq_len``) and full attention at layers 4, 8."""
+    h = derive(cfg.hybrid_attention, "pilot", seq_len=run.seq_len)
+    mixer = "full" if run.arch == "full" else (
+        render_layer_token("attention", h.window(run.arch)) if run.arch.startswith("swa-") else run.arch)
+    pattern = hybrid_pattern(run.num_layers, mixer, None if run.arch == "full" else 4,
+                             full_attention_rope=not run.arch.endswith("-nope"))
     model = derive(cfg.model, "pilot", hidden_size=run.hidden_size, num_layers=run.num_layers, num_heads=4,
                    num_kv_heads=4, intermediate_size=run.hidden_size * 11 // 64 * 16, max_seq_len=4 * run.seq_len)
     return LMSpec.from_config(model, cfg.tokenizer.vocab_size, layers=layers_from_pattern(pattern))
+
+
+def step_seconds(cfg: Config, run: PilotRun, steps: int = 10, batch_size: int = 8) -> float:
+    """Mean wall time (s) of one AdamW training step of ``run``'s model on random tokens (after one warm-up)."""
+    model = DecoderLM(_spec(cfg, run))
+    opt = torch.optim.AdamW(model.parameters(), lr=run.lr)
+    ids = torch.randint(0, cfg.tokenizer.vocab_size, (batch_size, run.seq_len + 1))
+    for i in range(steps + 1):
+        if i == 1:
+            t0 = time.perf_counter()
+        loss = F.cross_entropy(model(ids[:, :-1]).flatten(0, 1), ids[:, 1:].flatten())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return (time.perf_counter() - t0) / steps
 
 
 @torch.no_grad()
@@ -80,19 +103,32 @@ def value_nll(model, rows, tokenizer) -> float:
     return float(np.mean(out))
 
 
+@torch.no_grad()
+def copy_accuracy(model, rows) -> float:
+    """Teacher-forced top-1 accuracy on the repeated span's tokens after its first (induction copying)."""
+    hits = []
+    for row in rows:
+        pred = model(torch.tensor([row.ids[:-1]]))[0].argmax(-1)
+        target = row.pairs[0][1]
+        hits += (pred[target:len(row.ids) - 1] == torch.tensor(row.ids[target + 1:])).tolist()
+    return float(np.mean(hits))
+
+
 def run_pilot(cfg: Config, paths: Paths, run: PilotRun, root: Path, eval_samples: int = 32) -> list[dict]:
-    """Train ``run`` under ``root/<name>`` (resumable) and measure every quarter-budget snapshot."""
+    """Train ``run`` under ``root/<name>`` (resumable) and measure each of its ``snapshots`` snapshots."""
     tok = load_tokenizer(paths.tokenizer)
     bs = 8
     step_tokens = bs * run.seq_len
-    budgets = sorted({max(1, round(f * run.steps)) * step_tokens for f in (0.25, 0.5, 0.75, 1.0)})
+    budgets = sorted({max(1, round((i + 1) / run.snapshots * run.steps)) * step_tokens
+                      for i in range(run.snapshots)})
     tcfg = derive(cfg.train, "pilot", seq_len=run.seq_len, batch_size=bs, micro_batch_size=bs,
                   max_tokens=run.steps * step_tokens, lr=run.lr, warmup_fraction=0.05, checkpoint_tokens=budgets,
                   eval_every_steps=None, seed=0, save_every_steps=max(1, run.steps // 4))
     # Values sit beyond the stacked receptive field of the smallest window's six SWA layers.
-    min_distance = 6 * max(1, round(run.seq_len / 128)) + 1
+    min_distance = 6 * derive(cfg.hybrid_attention, "pilot", seq_len=run.seq_len).window("swa-small") + 1
     mix = RetrievalMix(share=run.share, kinds=run.kinds, value_digits=3, min_distance=min_distance, seed=0,
-                       recall_pairs=run.recall_pairs)
+                       recall_pairs=run.recall_pairs, repeat_tokens=run.repeat_tokens,
+                       repeat_vocab=run.repeat_vocab)
     folder = root / run.name
     trainer = Trainer(_spec(cfg, run), tcfg, paths.tokens("train"), folder / "out", folder / "ckpt", progress=False)
     trainer.sampler = MixedSampler(trainer.sampler, mix, tok)  # a pilot folder of its own: no fingerprint clash
@@ -103,6 +139,10 @@ def run_pilot(cfg: Config, paths: Paths, run: PilotRun, root: Path, eval_samples
     held_out_mix = RetrievalMix(0.5, ("recall",), 3, min_distance, seed=99, recall_pairs=run.recall_pairs)
     held_out = MixedSampler(ChunkSampler(val, run.seq_len, 0), held_out_mix, tok)
     rows = [held_out.row(s, r) for s in range(4) for r in held_out.positions(s, 8)]
+    rep_mix = RetrievalMix(0.5, ("repeat",), 3, min_distance, seed=98, repeat_tokens=COPY_SPAN,
+                           repeat_vocab=COPY_VOCAB)
+    rep = MixedSampler(ChunkSampler(val, run.seq_len, 0), rep_mix, tok)
+    rep_rows = [rep.row(s, r) for s in range(4) for r in rep.positions(s, 8)]
     samples = make_task("single_needle", tok, val.read(0, min(len(val), 200_000)), run.seq_len, eval_samples,
                         seed=123, value_digits=3)
     out = []
@@ -110,6 +150,7 @@ def run_pilot(cfg: Config, paths: Paths, run: PilotRun, root: Path, eval_samples
         model = load_model(folder / "out" / f"budget-{b}").eval()
         out.append({"run": run.name, "arch": run.arch, "tokens": b, "step": b // step_tokens,
                     "needle_acc": evaluate_task(model, samples, tok)["accuracy"],
-                    "value_nll": value_nll(model, rows, tok), "train_s": round(seconds, 1),
+                    "value_nll": value_nll(model, rows, tok), "copy_acc": copy_accuracy(model, rep_rows),
+                    "train_s": round(seconds, 1),
                     "params": sum(p.numel() for p in model.parameters())})
     return out
