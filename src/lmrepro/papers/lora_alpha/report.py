@@ -12,8 +12,14 @@ reasoning):
                                the standard α (< 0: the low-rank parametrization suppresses the curvature)
   drift_slope_gap              claim 3: d log ρ / d log(lr multiplier) − d log ρ / d log(α multiplier), ρ = ‖D‖/‖S‖
                                averaged per run over layers and steps (> 0: the drift ratio grows with the lr, not α)
-  alpha_exponent_error_<task>  claim 4: |k − 1/2| for the least-squares fit log α* = log C + k·log r at base_lr;
-                               NaN (inconclusive) when more than half of the ranks have α* at the grid's edge
+  aligned_signal_slope_alpha   claim 3's other half: d log(‖S‖·cos(S, −∇L)) / d log(α multiplier), the signal's
+                               component along the task gradient (> 0: raising α amplifies the task-aligned signal)
+  alpha_exponent_error_<task>  |k − 1/2| for the least-squares fit log α* = log C + k·log r at base_lr (evidence)
+  sqrt_law_interval_<task>     claim 4: from the fit's 95% interval [k_lo, k_hi] (t, ranks − 2 dof): when it
+                               contains 1/2, min(k_lo, 1 − k_hi) if that is > 0 (the interval also excludes 0
+                               and 1: reproduced), else NaN (inconclusive); when it excludes 1/2, minus its
+                               distance from 1/2 (not reproduced). NaN when more than half of the ranks have α*
+                               at the grid's edge (a censored fit)
   alpha_star_over_2r_<task>    claim 4: median over ranks of log2(α* / 2r) at base_lr (> 0: the optimal α is
                                larger than the common default α = 2r; the paper's "unexpectedly large C")
   rank_rule_gain_<task>        claim 5: mean over ranks of min(loss LoRA α=2r, LoRA α=16) − loss LoRA-α (rank
@@ -23,7 +29,16 @@ reasoning):
                                highest method rank − at the lowest (> 0: the gain grows with rank)
   closest_to_full_<task>       claim 6: at the highest method rank, min over the other LoRA variants of
                                |loss − loss full FT| − |loss LoRA-α − loss full FT| (> 0: LoRA-α is closest)
-  mlp_divergence_gap           claim 7: fraction of seeds where lr ×128 diverges − fraction where α ×256 diverges
+  rank_rule_multiplier_edges   claim 5 ("remaining tuning is a narrow multiplier"): (task, rank) cases whose best
+                               multiplier of the rank rule's α (selection half) lies on the edge of its grid
+  seed_std_<task>              noise: the pooled seed standard deviation of one run's validation loss (root mean
+                               of the per-point variances over the sweep's repeated points); the comparative
+                               claims' margins are multiples of it (claims.yaml): 2 standard deviations of the
+                               metric for independent runs, ×2√2 for a difference of two runs, ×4 for a
+                               difference of two differences
+  mlp_instability_gap          claim 7: fraction of seeds where lr ×128 is unstable − fraction where α ×256 is;
+                               unstable = diverged or a final loss not below the initial one (a run that does not
+                               learn is not "stable")
 """
 
 from __future__ import annotations
@@ -33,6 +48,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy.stats import t as student_t
 
 from ...paths import Paths
 from . import artifacts
@@ -138,7 +154,8 @@ def noise(sweep_runs: pd.DataFrame, task: str) -> dict:
         return {}
     std = repeated.groupby(keys).val_loss.std()
     return {"seed_std": {f"r={r} α×{a:g} lr×{m:g}": round(float(v), 5) for (r, a, m), v in std.items()},
-            "seed_std_mean": round(float(std.mean()), 5), "seeds": int(repeated.seed.nunique())}
+            "seed_std_mean": round(float(std.mean()), 5), "seed_std_pooled": float(np.sqrt((std ** 2).mean())),
+            "seeds": int(repeated.seed.nunique())}
 
 
 def curvature_ratio(curv: pd.DataFrame) -> tuple[float, dict]:
@@ -186,17 +203,60 @@ def drift_slope_gap(sd: pd.DataFrame, skip_steps: int = 1) -> tuple[float, dict]
     return slopes["lr"]["ratio"] - slopes["alpha"]["ratio"], ev
 
 
+def aligned_signal_slope(sd: pd.DataFrame, skip_steps: int = 1) -> tuple[float, dict]:
+    """Slope of log mean(‖S‖·cos(S, −∇L)) against log α multiplier (NaN unless the means are positive)."""
+    if sd.empty:
+        return math.nan, {}
+    sd = sd[sd.step > skip_steps].assign(aligned=lambda d: d.signal * d.alignment)
+    s = sd.groupby(["axis", "multiplier"])[["aligned", "alignment"]].mean().reset_index()
+    ev = {f"{q}_by_multiplier": {f"{a}×{m:g}": round(float(v), 6) for a, m, v in zip(s.axis, s.multiplier, s[q])}
+          for q in ("aligned", "alignment")}
+    a = s[s.axis == "alpha"]
+    ev["slope_alignment_vs_alpha"] = round(_slope(a.multiplier, a.alignment), 4)
+    ev["slope_aligned_signal_vs_lr"] = round(_slope(s[s.axis == "lr"].multiplier, s[s.axis == "lr"].aligned), 4)
+    return _slope(a.multiplier, a.aligned), ev
+
+
+def exponent_interval(ranks, alpha_stars, level: float = 0.95) -> tuple[float, float]:
+    """``level`` confidence interval of the slope k of log α* = log C + k·log r (ordinary least squares,
+    Student t with n − 2 degrees of freedom); (NaN, NaN) with fewer than 3 usable points."""
+    r, a = np.asarray(ranks, float), np.asarray(alpha_stars, float)
+    ok = np.isfinite(a) & (a > 0) & (r > 0)
+    x, y = np.log(r[ok]), np.log(a[ok])
+    if len(x) < 3 or np.ptp(x) == 0:
+        return math.nan, math.nan
+    k, c = np.polyfit(x, y, 1)
+    resid = y - (c + k * x)
+    se = math.sqrt(float(resid @ resid) / (len(x) - 2) / float(((x - x.mean()) ** 2).sum()))
+    half = float(student_t.ppf(0.5 + level / 2, len(x) - 2)) * se
+    return float(k - half), float(k + half)
+
+
+def interval_score(lo: float, hi: float, target: float = 0.5) -> float:
+    """The sqrt_law_interval metric of [lo, hi] (module docstring)."""
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return math.nan
+    if lo <= target <= hi:
+        room = min(lo, 1 - hi)
+        return room if room > 0 else math.nan
+    return -(lo - target if lo > target else target - hi)
+
+
 def exponent_metrics(stars: pd.DataFrame, fits: pd.DataFrame, task: str) -> tuple[dict, dict]:
     values, evidence = {}, {}
     f = fits[(fits.task == task) & np.isclose(fits.lr_multiplier, 1.0)] if len(fits) else fits
     st = stars[(stars.task == task) & np.isclose(stars.lr_multiplier, 1.0)] if len(stars) else stars
+    names = [f"alpha_exponent_error_{task}", f"sqrt_law_interval_{task}", f"alpha_star_over_2r_{task}"]
     if f.empty:
-        return {f"alpha_exponent_error_{task}": math.nan, f"alpha_star_over_2r_{task}": math.nan}, {}
+        return {n: math.nan for n in names}, {}
     fit = f.iloc[0]
     censored = st.at_edge.sum() > len(st) / 2
+    lo, hi = exponent_interval(st["rank"], st.alpha_star)
     values[f"alpha_exponent_error_{task}"] = math.nan if censored else abs(float(fit.exponent) - 0.5)
+    values[f"sqrt_law_interval_{task}"] = math.nan if censored else interval_score(lo, hi)
     values[f"alpha_star_over_2r_{task}"] = float(np.median(np.log2(st.alpha_star / (2 * st["rank"]))))
-    ev = {"exponent": round(float(fit.exponent), 4), "C": round(float(fit.C), 3), "C_sqrt": round(float(fit.C_sqrt), 3),
+    ev = {"exponent": round(float(fit.exponent), 4), "exponent_95_interval": [round(lo, 4), round(hi, 4)],
+          "C": round(float(fit.C), 3), "C_sqrt": round(float(fit.C_sqrt), 3),
           "r2": round(float(fit.r2), 4),
           "alpha_star_by_rank": dict(zip(st["rank"].astype(int), st.alpha_star.round(3))),
           "at_edge_by_rank": dict(zip(st["rank"].astype(int), st.at_edge.astype(bool))),
@@ -204,7 +264,7 @@ def exponent_metrics(stars: pd.DataFrame, fits: pd.DataFrame, task: str) -> tupl
                                     zip(fits[fits.task == task].lr_multiplier, fits[fits.task == task].exponent)}}
     if censored:
         ev["note"] = "more than half of the ranks have alpha* at the edge of the grid: the fit is censored"
-    evidence[f"alpha_exponent_error_{task}"] = evidence[f"alpha_star_over_2r_{task}"] = ev
+    evidence.update({n: ev for n in names})
     return values, evidence
 
 
@@ -252,12 +312,25 @@ def method_metrics(summary: pd.DataFrame, task: str) -> tuple[dict, dict]:
     return values, {n: ev for n in names}
 
 
+def multiplier_edges(summary: pd.DataFrame) -> tuple[float, dict]:
+    """(task, rank) cases whose rank-rule multiplier, chosen on the selection half, is on its grid's edge."""
+    rule = summary[summary.method == "lora_alpha_rank"] if len(summary) else summary
+    if rule.empty or "at_edge" not in rule:
+        return math.nan, {}
+    ev = {"best_multiplier": {f"{t} r={int(r)}": float(v) for t, r, v in zip(rule.task, rule["rank"], rule.knob_value)},
+          "at_edge": sorted(f"{t} r={int(r)}" for t, r, e in zip(rule.task, rule["rank"], rule.at_edge) if bool(e))}
+    return float(rule.at_edge.astype(bool).sum()), ev
+
+
 def mlp_gap(mlp: pd.DataFrame) -> tuple[float, dict]:
     if mlp.empty:
         return math.nan, {}
-    scaled = mlp[mlp.multiplier > 1]
-    frac = scaled.groupby("kind").diverged.mean()
-    ev = {"diverged_fraction": frac.round(3).to_dict(), "seeds": int(mlp.seed.nunique()),
+    unlearned = ~(mlp.final_loss < mlp.initial_loss)  # NaN / inf final losses count as not learned
+    scaled = mlp.assign(unstable=mlp.diverged.astype(bool) | unlearned)[lambda d: d.multiplier > 1]
+    frac = scaled.groupby("kind").unstable.mean()
+    ev = {"unstable_fraction": frac.round(3).to_dict(),
+          "diverged_fraction": scaled.groupby("kind").diverged.mean().round(3).to_dict(),
+          "seeds": int(mlp.seed.nunique()),
           "final_loss": {f"{k}×{m:g} seed {s}": (round(float(v), 5) if math.isfinite(v) else "inf")
                          for k, m, s, v in zip(mlp.kind, mlp.multiplier, mlp.seed, mlp.final_loss)}}
     return float(frac.get("lr", math.nan) - frac.get("alpha", math.nan)), ev
@@ -276,10 +349,15 @@ def claim_values(tables: dict[str, pd.DataFrame], skip_steps: int = 1) -> tuple[
         values.update(v), evidence.update(e)
         v, e = method_metrics(tables["methods_summary"], task)
         seed_noise = noise(tables["sweep_runs"], task)
+        values[f"seed_std_{task}"] = seed_noise.get("seed_std_pooled", math.nan)
         values.update(v), evidence.update({k: {**ev, "sweep_seed_noise": seed_noise} for k, ev in e.items()})
     values["log10_curvature_ratio"], evidence["log10_curvature_ratio"] = curvature_ratio(tables["curvature"])
     values["drift_slope_gap"], evidence["drift_slope_gap"] = drift_slope_gap(tables["signal_drift"], skip_steps)
-    values["mlp_divergence_gap"], evidence["mlp_divergence_gap"] = mlp_gap(tables["mlp"])
+    values["aligned_signal_slope_alpha"], evidence["aligned_signal_slope_alpha"] = aligned_signal_slope(
+        tables["signal_drift"], skip_steps)
+    values["rank_rule_multiplier_edges"], evidence["rank_rule_multiplier_edges"] = multiplier_edges(
+        tables["methods_summary"])
+    values["mlp_instability_gap"], evidence["mlp_instability_gap"] = mlp_gap(tables["mlp"])
     return values, evidence
 
 
