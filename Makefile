@@ -14,7 +14,7 @@ export DVC_NO_ANALYTICS := 1
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup repro test bench gpu-check kernel-check vendor notebooks-clean notebooks-check lock lab
+.PHONY: setup repro test bench stage-times gpu-check kernel-check vendor notebooks-clean notebooks-check lock lab
 
 setup: $(VENV)/.setup-done
 
@@ -48,6 +48,10 @@ test: setup
 bench: setup
 	$(BIN)/python benchmarks/ops_cpu.py
 	$(BIN)/python benchmarks/models_cpu.py
+
+# Every stage's wall time, CPU use and overhead from the executed notebooks, with this machine's throughput.
+stage-times: setup
+	$(BIN)/python -m lmrepro.stage_times --bench
 
 # On a GPU machine with torch + triton (nothing installable there): `make vendor` first, here, then carry
 # vendor/ and run `PYTHONPATH=src:vendor python3 scripts/gpu_check.py` there (≤ 8 min on one H200).

@@ -8,32 +8,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import torch
-import torch.nn.functional as F
 
+from lmrepro.bench import tokens_per_second
 from lmrepro.config import load_config
 from lmrepro.config.layers import hybrid_pattern
 from lmrepro.models import DecoderLM, LMSpec
 from lmrepro.models.hybrid import layers_from_pattern
-
-
-def tokens_per_second(model, vocab, batch, seq_len, steps, hf=False):
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    x = torch.randint(0, vocab, (batch, seq_len + 1))
-    times = []
-    for i in range(steps + 1):  # the first step warms up allocators and kernels
-        start = time.perf_counter()
-        logits = model(x[:, :-1]).logits if hf else model(x[:, :-1])
-        loss = F.cross_entropy(logits.float().flatten(0, 1), x[:, 1:].flatten())
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if i:
-            times.append(time.perf_counter() - start)
-    times.sort()
-    return batch * seq_len / times[len(times) // 2]  # median step
 
 
 def llama_twin(spec: LMSpec):

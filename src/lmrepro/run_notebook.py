@@ -6,16 +6,23 @@ its own session, so Ctrl-C reaches only this process, which forwards it to the k
 (:class:`lmrepro.train.guard.Watch`) finishes its step, saves a resumable checkpoint and stops; papermill writes the
 executed notebook; this process prints one line and exits with 130. A second Ctrl-C stops everything at once.
 If DVC itself is killed the kernel's watch sees it and stops the same way (no orphan keeps training).
+
+The executed notebook's metadata gets ``lmrepro.resources``: wall time, the CPU time of papermill and its kernel
+(``cpu_s``, user + system, every core) and the cores of the machine, so ``python -m lmrepro.stage_times`` can say
+how busy a stage kept the machine.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import signal
 import subprocess
 import sys
 import threading
+import time
+from pathlib import Path
 
 import psutil
 
@@ -29,6 +36,25 @@ def _kernels(papermill: psutil.Process) -> list[psutil.Process]:
         return []
 
 
+def _children_cpu() -> float:
+    """User + system CPU seconds of every terminated child this process waited for (papermill, and through it
+    the kernel it reaped)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def record_resources(path: Path, wall_s: float, cpu_s: float) -> None:
+    """Add wall time, CPU time and core count to the executed notebook ``path`` (if papermill wrote one)."""
+    import nbformat
+
+    if not path.is_file():
+        return
+    nb = nbformat.read(str(path), as_version=4)
+    nb.metadata["lmrepro"] = {"resources": {"wall_s": round(wall_s, 2), "cpu_s": round(cpu_s, 2),
+                                            "cores": os.cpu_count()}}
+    nbformat.write(nb, str(path))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lmrepro.run_notebook", description=__doc__.split("\n")[0])
     parser.add_argument("input")
@@ -36,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"))
     args = parser.parse_args(argv)
     cmd = [sys.executable, "-m", "papermill", args.input, args.output, "--log-output", "--no-progress-bar"]
+    t0, cpu0 = time.perf_counter(), _children_cpu()
     for name, value in args.parameter:
         cmd += ["-p", name, value]
     proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -75,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # pragma: no cover - the handler above replaces SIGINT
         code = proc.wait()
     reader.join(timeout=5)
+    record_resources(Path(args.output), time.perf_counter() - t0, _children_cpu() - cpu0)
     if state["interrupts"]:
         reason = state["stopped"] or "stopped outside a training loop (nothing to checkpoint)"
         print(f"{args.output}: interrupted — {reason}", file=sys.stderr, flush=True)
