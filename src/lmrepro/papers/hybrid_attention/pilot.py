@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ...bench import tokens_per_second
 from ...config import Config, derive
 from ...config.layers import hybrid_pattern, render_layer_token
 from ...data import ChunkSampler, ShardedTokens, load_tokenizer
@@ -77,18 +78,10 @@ def _spec(cfg: Config, run: PilotRun) -> LMSpec:
 
 
 def step_seconds(cfg: Config, run: PilotRun, steps: int = 10, batch_size: int = 8) -> float:
-    """Mean wall time (s) of one AdamW training step of ``run``'s model on random tokens (after one warm-up)."""
+    """Median wall time (s) of one training step of ``run``'s model (:func:`lmrepro.bench.tokens_per_second`)."""
     model = DecoderLM(_spec(cfg, run))
-    opt = torch.optim.AdamW(model.parameters(), lr=run.lr)
-    ids = torch.randint(0, cfg.tokenizer.vocab_size, (batch_size, run.seq_len + 1))
-    for i in range(steps + 1):
-        if i == 1:
-            t0 = time.perf_counter()
-        loss = F.cross_entropy(model(ids[:, :-1]).flatten(0, 1), ids[:, 1:].flatten())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return (time.perf_counter() - t0) / steps
+    tokens = batch_size * run.seq_len
+    return tokens / tokens_per_second(model, cfg.tokenizer.vocab_size, batch_size, run.seq_len, steps)
 
 
 @torch.no_grad()

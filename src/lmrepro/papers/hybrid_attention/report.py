@@ -144,8 +144,10 @@ def half_distance_tokens(tokens, distance) -> float:
     return float(np.exp(np.log(t[i - 1]) + frac * (np.log(t[i]) - np.log(t[i - 1]))))
 
 
-def claim_values(tables: dict[str, pd.DataFrame], ctx: Context) -> tuple[dict[str, float], dict[str, dict]]:
-    """Each metric and precondition of the module docstring and the numbers behind it (ledger evidence)."""
+def claim_values(tables: dict[str, pd.DataFrame], ctx: Context,
+                 fits: pd.DataFrame | None = None) -> tuple[dict[str, float], dict[str, dict]]:
+    """Each metric and precondition of the module docstring and the numbers behind it (ledger evidence).
+    ``fits``: :func:`scaling_fits` of ``tables["checkpoints"]`` when the caller has them (else fitted here)."""
     curves = largest(tables["checkpoints"])
     early_tokens, last = early_snapshot(curves, ctx.vocab_size), curves["tokens"].max()
     final = curves[curves["tokens"] == last].set_index("arch")
@@ -186,7 +188,8 @@ def claim_values(tables: dict[str, pd.DataFrame], ctx: Context) -> tuple[dict[st
     values["size_span"] = float(sizes.max() / sizes.min()) if len(sizes) >= 3 else 0.0
     # Fits without a held-out size test nothing (and cost seconds): only with at least 3 sizes.
     values["exponent_spread_ratio"], evidence["exponent_spread_ratio"] = (
-        _exponent_spread(tables["checkpoints"]) if len(sizes) >= 3 else (math.nan, {}))
+        _exponent_spread(scaling_fits(tables["checkpoints"]) if fits is None else fits)
+        if len(sizes) >= 3 else (math.nan, {}))
     evidence["exponent_spread_ratio"]["parameters_by_size"] = sizes.astype(int).to_dict()
     return values, evidence
 
@@ -219,8 +222,7 @@ def _restriction_gap(r: pd.DataFrame, ctx: Context) -> tuple[float, dict]:
     return float(full.mean() - eff.mean()), evidence
 
 
-def _exponent_spread(checkpoints: pd.DataFrame) -> tuple[float, dict]:
-    fits = scaling_fits(checkpoints)
+def _exponent_spread(fits: pd.DataFrame) -> tuple[float, dict]:
     if "beta" not in fits.columns:
         return math.nan, {}
     fits = fits.dropna(subset=["beta"])
