@@ -48,6 +48,7 @@ test: setup
 bench: setup
 	$(BIN)/python benchmarks/ops_cpu.py
 	$(BIN)/python benchmarks/models_cpu.py
+	$(BIN)/python benchmarks/pool_cpu.py
 
 # Every stage's wall time, CPU use and overhead from the executed notebooks, with this machine's throughput.
 stage-times: setup

@@ -231,6 +231,16 @@ def test_alpha_star_at_grid_edge_is_flagged_and_divergence_counts_as_worst():
     assert parabola_vertex(np.array([0.0, 1.0, 2.0]), np.array([1.0, 0.0, 0.0])) == pytest.approx(1.5)
 
 
+def test_rank_rule_constant_is_fitted_on_the_selection_half_only():
+    """C of the rank rule comes from the select half: a report half with another optimum must not move it."""
+    from lmrepro.papers.lora_alpha.evaluate import fitted_C
+
+    select, report = synthetic_sweep(0.5, 40.0), synthetic_sweep(0.5, 400.0)
+    runs = select.rename(columns={"val_loss": "select_loss"}).assign(report_loss=report.val_loss)
+    runs["val_loss"] = (runs.select_loss + runs.report_loss) / 2
+    assert fitted_C(runs) == pytest.approx(40.0, rel=1e-6)
+
+
 def test_fit_needs_two_ranks():
     from lmrepro.papers.lora_alpha.evaluate import fit_alpha_law
 
@@ -491,3 +501,33 @@ def test_paper_profile_path_on_a_tiny_hf_llama(hf_project, monkeypatch):
     assert sd[sd.step > 1].ratio.notna().all()
     curv = pd.DataFrame(lora_eval.curvature(cfg, base, data))
     assert (curv.lambda_full > 0).all() and len(curv) == 2
+
+
+def test_sweep_and_methods_in_workers_equal_serial(hf_project, monkeypatch):
+    """The runs of a sweep and of the methods table give the same numbers serially and in two worker processes
+    (lmrepro.pool; every run uses one thread either way)."""
+    from lmrepro.config import load_config
+    from lmrepro.papers.lora_alpha import evaluate as lora_eval
+    from lmrepro.papers.lora_alpha import runs as lora
+    from lmrepro.paths import Paths
+    from lmrepro.pool import ENV
+
+    monkeypatch.setenv("HF_HOME", str(hf_project / "hf_home"))
+    cfg = load_config(hf_project / "params.yaml")
+    paths = Paths(hf_project)
+    lora.prepare_tasks(cfg, paths)
+    base, tokenizer = lora.load_base(cfg, paths)
+    data = lora.load_task(paths, "domain")
+
+    def timeless(rows):
+        return pd.DataFrame(rows).drop(columns=["elapsed_s"], errors="ignore")
+
+    out = {}
+    for workers in ("1", "2"):
+        monkeypatch.setenv(ENV, workers)
+        runs, curves = lora_eval.sweep(cfg, base, data)
+        methods = lora_eval.methods(cfg, base, data, 10.0, tokenizer)
+        out[workers] = (timeless(runs), timeless(curves), timeless(methods["runs"]), timeless(methods["summary"]))
+    for serial, parallel in zip(out["1"], out["2"]):
+        pd.testing.assert_frame_equal(serial, parallel)
+    assert out["1"][0].val_loss.nunique() > 1

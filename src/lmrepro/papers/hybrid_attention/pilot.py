@@ -9,7 +9,8 @@ redesigned pipeline uses) on the Python-source stream with synthetic retrieval r
 * ``value_nll``: mean NLL (nats) of the value tokens in held-out recall rows — the copy signal, which moves
   before accuracy does; uniform guessing over the 900 values costs ln 900 ≈ 6.80;
 * ``copy_acc``: teacher-forced top-1 accuracy on the second copy of 120 random ids (from 256) in held-out
-  "repeat" rows — induction, content-based copying; chance 1/256.
+  "repeat" rows — induction, content-based copying; chance 1/256 (shorter spans where the context is short);
+* ``copy_acc_own``: the same on the run's own ``repeat_vocab`` alphabet (new sequences of trained symbols).
 
 :func:`step_seconds` times one training step of any architecture, for the budget arithmetic.
 """
@@ -57,12 +58,14 @@ class PilotRun:
     lr: float = 4e-3
     snapshots: int = 4
     num_layers: int = 8
+    batch_size: int = 8
 
     @property
     def name(self) -> str:
         return (f"{self.arch}-T{self.seq_len}-d{self.hidden_size}-L{self.num_layers}-n{self.steps}-m{self.share}"
                 f"-{'+'.join(self.kinds)}-p{self.recall_pairs}-r{self.repeat_tokens}v{self.repeat_vocab}"
-                f"-lr{self.lr}-s{self.snapshots}")
+                f"-lr{self.lr}-s{self.snapshots}"
+                + (f"-b{self.batch_size}" if self.batch_size != 8 else ""))
 
 
 def _spec(cfg: Config, run: PilotRun) -> LMSpec:
@@ -110,7 +113,7 @@ def copy_accuracy(model, rows) -> float:
 def run_pilot(cfg: Config, paths: Paths, run: PilotRun, root: Path, eval_samples: int = 32) -> list[dict]:
     """Train ``run`` under ``root/<name>`` (resumable) and measure each of its ``snapshots`` snapshots."""
     tok = load_tokenizer(paths.tokenizer)
-    bs = 8
+    bs = run.batch_size
     step_tokens = bs * run.seq_len
     budgets = sorted({max(1, round((i + 1) / run.snapshots * run.steps)) * step_tokens
                       for i in range(run.snapshots)})
@@ -129,13 +132,22 @@ def run_pilot(cfg: Config, paths: Paths, run: PilotRun, root: Path, eval_samples
     trainer.fit()
     seconds = time.time() - t0
     val = ShardedTokens(paths.tokens("validation"))
-    held_out_mix = RetrievalMix(0.5, ("recall",), 3, min_distance, seed=99, recall_pairs=run.recall_pairs)
+    # Held-out rows as long as the context allows: recall pairs and the copied span shrink for short contexts.
+    pairs = max(1, min(run.recall_pairs, (run.seq_len - min_distance) // 48))  # <= 48 tokens a pair
+    held_out_mix = RetrievalMix(0.5, ("recall",), 3, min_distance, seed=99, recall_pairs=pairs)
     held_out = MixedSampler(ChunkSampler(val, run.seq_len, 0), held_out_mix, tok)
     rows = [held_out.row(s, r) for s in range(4) for r in held_out.positions(s, 8)]
-    rep_mix = RetrievalMix(0.5, ("repeat",), 3, min_distance, seed=98, repeat_tokens=COPY_SPAN,
+    span = min(COPY_SPAN, (run.seq_len + 1 - min_distance) // 2)
+    rep_mix = RetrievalMix(0.5, ("repeat",), 3, min_distance, seed=98, repeat_tokens=span,
                            repeat_vocab=COPY_VOCAB)
     rep = MixedSampler(ChunkSampler(val, run.seq_len, 0), rep_mix, tok)
     rep_rows = [rep.row(s, r) for s in range(4) for r in rep.positions(s, 8)]
+    own_rows = []  # copying of the run's own random alphabet (trained symbols, unseen sequences)
+    if run.repeat_vocab is not None:
+        own = MixedSampler(ChunkSampler(val, run.seq_len, 0),
+                           RetrievalMix(0.5, ("repeat",), 3, min_distance, seed=97, repeat_tokens=span,
+                                        repeat_vocab=run.repeat_vocab), tok)
+        own_rows = [own.row(s, r) for s in range(4) for r in own.positions(s, 8)]
     samples = make_task("single_needle", tok, val.read(0, min(len(val), 200_000)), run.seq_len, eval_samples,
                         seed=123, value_digits=3)
     out = []
@@ -144,6 +156,7 @@ def run_pilot(cfg: Config, paths: Paths, run: PilotRun, root: Path, eval_samples
         out.append({"run": run.name, "arch": run.arch, "tokens": b, "step": b // step_tokens,
                     "needle_acc": evaluate_task(model, samples, tok)["accuracy"],
                     "value_nll": value_nll(model, rows, tok), "copy_acc": copy_accuracy(model, rep_rows),
+                    "copy_acc_own": copy_accuracy(model, own_rows) if own_rows else math.nan,
                     "train_s": round(seconds, 1),
                     "params": sum(p.numel() for p in model.parameters())})
     return out

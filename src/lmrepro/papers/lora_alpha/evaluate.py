@@ -16,6 +16,7 @@ import pandas as pd
 import torch
 
 from ...config import Config
+from ...pool import run_jobs
 from ...lora import (SignalDrift, alpha_for, layerwise_report, lora_vs_full_curvature, mean_over_layers,
                      run_mlp_experiment, total_ratio)
 from ...lora.alpha import AlphaChoice
@@ -34,27 +35,42 @@ def _log(msg: str) -> None:
 
 def sweep(cfg: Config, base: torch.nn.Module, data: TaskData) -> tuple[list[dict], list[dict]]:
     """α multiplier × lr multiplier at every rank (``sweep.rank_grid()``), plus ``noise_seeds`` repeats of the
-    point (α = r·noise_alpha_multiplier, base_lr). α = r·m_α (s = m_α), lr = base_lr·m_lr. Returns (runs, curves)."""
+    point (α = r·noise_alpha_multiplier, base_lr). α = r·m_α (s = m_α), lr = base_lr·m_lr. Returns (runs, curves).
+    The runs are independent: :func:`lmrepro.pool.run_jobs` spreads them over the cores."""
     la = section(cfg)
     sw = la.sweep
     points = [(r, a, m, la.seed) for r, a, m in sw.rank_grid()]
     points += [(r, sw.noise_alpha_multiplier, 1.0, seed) for r in sw.ranks for seed in sw.noise_seeds
                if seed != la.seed]
-    runs, curves, clock = [], [], Timer()
-    every = max(1, la.train.steps[data.name] // 50)
-    for i, (r, am, lm, seed) in enumerate(points):
-        choice = alpha_for("fixed", r, alpha=am * r)
-        spec = RunSpec(lr=sw.base_lr * lm, choice=choice)
-        model, result = train_run(cfg, base, data, spec, seed=seed)
-        keys = {"task": data.name, "rank": r, "alpha_multiplier": am, "lr_multiplier": lm, "seed": seed}
-        row = {**keys, "alpha": choice.lora_alpha, "scaling": choice.scaling, "lr": spec.lr,
-               **run_summary(cfg, model, data, result, splits=("select", "report"))}
-        row["val_loss"] = _combined(row, data)
-        runs.append(row)
-        curves += curve_rows(result, every, **keys)
-        _log(f"[{clock():7.1f}s] sweep {data.name} {i + 1}/{len(points)} r={r} α×{am:g} lr×{lm:g} seed={seed}: "
+    clock, done = Timer(), [0]
+
+    def log(i: int, result: tuple[dict, list[dict]]) -> None:
+        row, done[0] = result[0], done[0] + 1
+        _log(f"[{clock():7.1f}s] sweep {data.name} {done[0]}/{len(points)} r={row['rank']} "
+             f"α×{row['alpha_multiplier']:g} lr×{row['lr_multiplier']:g} seed={row['seed']}: "
              f"val {row['val_loss']:.4f}{' (diverged)' if row['diverged'] else ''}")
-    return runs, curves
+
+    results = run_jobs(sweep_point, points, (cfg, base, data), threads=_threads(la), on_result=log)
+    return [row for row, _ in results], [c for _, curves in results for c in curves]
+
+
+def sweep_point(cfg: Config, base: torch.nn.Module, data: TaskData, point: tuple) -> tuple[dict, list[dict]]:
+    """One sweep run at ``point`` = (rank, α multiplier, lr multiplier, seed): its row and learning curve."""
+    la = section(cfg)
+    r, am, lm, seed = point
+    choice = alpha_for("fixed", r, alpha=am * r)
+    spec = RunSpec(lr=la.sweep.base_lr * lm, choice=choice)
+    model, result = train_run(cfg, base, data, spec, seed=seed)
+    keys = {"task": data.name, "rank": r, "alpha_multiplier": am, "lr_multiplier": lm, "seed": seed}
+    row = {**keys, "alpha": choice.lora_alpha, "scaling": choice.scaling, "lr": spec.lr,
+           **run_summary(cfg, model, data, result, splits=("select", "report"))}
+    row["val_loss"] = _combined(row, data)
+    return row, curve_rows(result, max(1, la.train.steps[data.name] // 50), **keys)
+
+
+def _threads(la) -> int:
+    """Torch threads of each run: the section's ``threads`` (None: this process's current count)."""
+    return la.threads if la.threads is not None else torch.get_num_threads()
 
 
 def _combined(row: dict, data: TaskData) -> float:
@@ -116,8 +132,10 @@ def fit_alpha_law(ranks, alpha_stars) -> dict[str, float]:
 
 
 def fitted_C(runs: pd.DataFrame) -> float:
-    """The rank-rule constant calibrated on a sweep: C_sqrt of the α* fit at the base learning rate."""
-    return fit_alpha_law(*best_alpha(runs)[["rank", "alpha_star"]].to_numpy().T)["C_sqrt"]
+    """The rank-rule constant calibrated on a sweep: C_sqrt of the α* fit at the base learning rate, on the
+    selection half of the validation split only — the methods are compared on the report half, which must
+    not have informed any of their settings."""
+    return fit_alpha_law(*best_alpha(runs, loss="select_loss")[["rank", "alpha_star"]].to_numpy().T)["C_sqrt"]
 
 
 # ------------------------------------------------------------------------------------------ methods
@@ -188,48 +206,48 @@ def methods(cfg: Config, base: torch.nn.Module, data: TaskData, C: float, tokeni
     Returns dict(runs, curves, summary, layerwise)."""
     la = section(cfg)
     me = la.methods
-    runs, curves, layer_rows, clock = [], [], [], Timer()
-    best_models: dict[tuple[str, int], Any] = {}
     points = la.train.eval_points
     eval_every = max(1, la.train.steps[data.name] // points) if points else None
-    jobs = []
-    for method in me.names:
-        for r in ([0] if method == "full" else me.ranks):
-            jobs.append((method, r))
-    layerwise = {}
-    for method, r in jobs:
+    pairs = [(method, r) for method in me.names for r in ([0] if method == "full" else me.ranks)]
+    layerwise, layer_rows = {}, []
+    for method, r in pairs:
         if method == "lora_alpha_layerwise" and r not in layerwise:
             layerwise[r], rows = layerwise_choices(cfg, base, data, r, fallback_alpha=C * math.sqrt(r))
             layer_rows += rows
-        trials = method_trials(cfg, method, r, C, layerwise.get(r))
-        best = None
-        for knob, value, spec in trials:
-            model, result = train_run(cfg, base, data, spec, eval_split="report", eval_every=eval_every)
-            choice = spec.choice
-            row = {"task": data.name, "method": method, "rank": r, "knob": knob, "knob_value": value, "lr": spec.lr,
-                   "alpha": choice.lora_alpha if choice else math.nan,
-                   "scaling": choice.scaling if choice else math.nan,
-                   "layer_alphas": len(choice.alpha_pattern or {}) if choice else 0,
-                   "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
-                   **run_summary(cfg, model, data, result)}
-            runs.append(row)
-            curves += curve_rows(result, max(1, la.train.steps[data.name] // 50), task=data.name, method=method, rank=r,
-                                 knob_value=value)
-            score = row["select_loss"] if math.isfinite(row["select_loss"]) else math.inf
-            if best is None or score < best[0]:
-                # Keep the model only where the accuracy needs it (an HF model is GBs).
-                best = (score, row, model if data.examples and tokenizer is not None else None)
-            _log(f"[{clock():7.1f}s] {data.name} {method} r={r} {knob}={value:g}: select {row['select_loss']:.4f} "
-                 f"report {row['report_loss']:.4f}")
-        knobs = [value for _, value, _ in trials]
-        best[1]["at_edge"] = len(knobs) > 1 and best[1]["knob_value"] in (knobs[0], knobs[-1])
-        best_models[(method, r)] = best
+    trials = {(method, r): method_trials(cfg, method, r, C, layerwise.get(r)) for method, r in pairs}
+    # The trials are independent runs (lmrepro.pool); each returns its trained weights only where the
+    # accuracy needs the model (an HF model is GBs).
+    keep = bool(data.examples) and tokenizer is not None
+    jobs = [(method, r, knob, value, spec, eval_every, keep) for (method, r), ts in trials.items()
+            for knob, value, spec in ts]
+    clock = Timer()
+
+    def log(i: int, result: tuple) -> None:
+        row = result[0]
+        _log(f"[{clock():7.1f}s] {data.name} {row['method']} r={row['rank']} {row['knob']}={row['knob_value']:g}: "
+             f"select {row['select_loss']:.4f} report {row['report_loss']:.4f}")
+
+    results = run_jobs(method_trial, jobs, (cfg, base, data), threads=_threads(la), on_result=log)
+    runs = [row for row, _, _ in results]
+    curves = [c for _, cs, _ in results for c in cs]
+    best_models: dict[tuple[str, int], Any] = {}
+    for job, (row, _, weights) in zip(jobs, results):
+        score = row["select_loss"] if math.isfinite(row["select_loss"]) else math.inf
+        best = best_models.get(job[:2])
+        if best is None or score < best[0]:
+            best_models[job[:2]] = (score, row, (job[4], weights))
+    for key, (_, row, _) in best_models.items():
+        knobs = [value for _, value, _ in trials[key]]
+        row["at_edge"] = len(knobs) > 1 and row["knob_value"] in (knobs[0], knobs[-1])
     summary = []
-    for (method, r), (_, row, model) in best_models.items():
+    for (method, r), (_, row, (spec, weights)) in best_models.items():
         out = {k: row[k] for k in ("task", "method", "rank", "knob", "knob_value", "at_edge", "lr", "alpha", "scaling",
                                    "trainable", "select_loss", "report_loss", "diverged")}
         out["accuracy"] = math.nan
-        if model is not None and not row["diverged"]:
+        if weights is not None and not row["diverged"]:
+            model = make_model(base, spec, la.target_modules, la.seed)
+            unexpected = model.load_state_dict(weights, strict=False).unexpected_keys
+            assert not unexpected, f"trained weights the rebuilt model lacks: {unexpected[:3]}"
             out["accuracy"] = reasoning_accuracy(model, tokenizer, data.examples)
         for rank in (me.ranks if method == "full" else [r]):
             summary.append({**out, "rank": rank})
@@ -238,6 +256,24 @@ def methods(cfg: Config, base: torch.nn.Module, data: TaskData, C: float, tokeni
     for c in curves:
         c["selected"] = (c["method"], c["rank"], c["knob_value"]) in chosen
     return {"runs": runs, "curves": curves, "summary": summary, "layerwise": layer_rows}
+
+
+def method_trial(cfg: Config, base: torch.nn.Module, data: TaskData, job: tuple) -> tuple[dict, list[dict], Any]:
+    """One tuning trial: job = (method, rank, knob, knob value, RunSpec, eval_every, keep). Returns its row,
+    learning curve and, with ``keep``, its trainable weights (name → tensor; None otherwise)."""
+    method, r, knob, value, spec, eval_every, keep = job
+    la = section(cfg)
+    model, result = train_run(cfg, base, data, spec, eval_split="report", eval_every=eval_every)
+    choice = spec.choice
+    row = {"task": data.name, "method": method, "rank": r, "knob": knob, "knob_value": value, "lr": spec.lr,
+           "alpha": choice.lora_alpha if choice else math.nan, "scaling": choice.scaling if choice else math.nan,
+           "layer_alphas": len(choice.alpha_pattern or {}) if choice else 0,
+           "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
+           **run_summary(cfg, model, data, result)}
+    curves = curve_rows(result, max(1, la.train.steps[data.name] // 50), task=data.name, method=method, rank=r,
+                        knob_value=value)
+    weights = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad} if keep else None
+    return row, curves, weights
 
 
 # ------------------------------------------------------------------------------------------ mechanisms
