@@ -156,5 +156,21 @@ def test_lora_methods_and_sweeps_are_evaluated(repo):
     results = repo / "results/lora_alpha"
     summary = pd.read_csv(results / "methods" / "reasoning" / "summary.csv")
     assert summary.accuracy.notna().any() and len(set(summary.method)) >= 6
-    executed = json.loads((results / "notebooks" / "02_sweep-domain.ipynb").read_text())
+    executed = json.loads((results / "notebooks" / "03_sweep-domain.ipynb").read_text())
     assert executed["metadata"]["papermill"]["parameters"] == {"profile": "smoke", "task": "domain"}
+
+
+def test_lora_sweep_runs_at_the_learning_rate_the_full_ft_stage_pre_registered(repo):
+    """sweep.base_lr is null in the smoke profile: the sweep and the LoRA-α methods read the full fine-tuning
+    optimum (selection half) from full_ft@<task>'s base_lr.json."""
+    import pandas as pd
+
+    results = repo / "results/lora_alpha"
+    for task in ("domain", "reasoning"):
+        ft = pd.read_csv(results / "full_ft" / task / "runs.csv")
+        chosen = json.loads((results / "full_ft" / task / "base_lr.json").read_text())
+        assert chosen["base_lr"] == ft.lr[ft.select_loss.idxmin()]
+        sweep = pd.read_csv(results / "sweep" / task / "runs.csv")
+        assert set(sweep[sweep.lr_multiplier == 1.0].lr) == {chosen["base_lr"]}
+        methods = pd.read_csv(results / "methods" / task / "runs.csv")
+        assert set(methods[methods.method == "lora_alpha_rank"].lr) == {chosen["base_lr"]}

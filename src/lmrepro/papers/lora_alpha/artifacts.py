@@ -22,6 +22,7 @@ from .config import TASKS
 
 PAPER = "lora_alpha"
 #: The tables of a sweep and of a methods stage (one folder per task), and of the mechanisms stage.
+FULL_FT_TABLES = ("runs", "curves")
 SWEEP_TABLES = ("runs", "curves")
 METHODS_TABLES = ("runs", "curves", "summary", "layerwise")
 MECHANISMS_TABLES = ("signal_drift", "curvature", "mlp")
@@ -79,6 +80,15 @@ def data_provenance(paths: Paths) -> Path:
 
 
 # ------------------------------------------------------------------------------------------ stage tables
+
+def full_ft_dir(paths: Paths, task: str) -> Path:
+    return results(paths) / "full_ft" / check_task(task)
+
+
+def base_lr_file(paths: Paths, task: str) -> Path:
+    """The full_ft stage's pre-registered learning rate of ``task`` (JSON), which the sweep and methods read."""
+    return full_ft_dir(paths, task) / "base_lr.json"
+
 
 def sweep_dir(paths: Paths, task: str) -> Path:
     return results(paths) / "sweep" / check_task(task)

@@ -6,7 +6,8 @@ package READMEs on the laptop, an HF text dataset at paper scale) and ``reasonin
 the synthetic arithmetic task on the laptop, an HF SFT dataset at paper scale). The sweeps, methods and
 mechanisms are the paper's and fixed (dvc.yaml iterates over the tasks); a profile sets the scale.
 
-Learning rates are ``sweep.base_lr`` times multipliers, α is r times multipliers (s = α/r = the multiplier),
+Learning rates are ``sweep.base_lr`` times multipliers (base_lr: the full fine-tuning optimum that the
+``full_ft`` stage pre-registers, unless a profile sets it), α is r times multipliers (s = α/r = the multiplier),
 so the grid is the same at every rank and "raise α by m" and "raise the learning rate by m" meet at the same
 grid points (equal effective first step under Adam: ΔW ∝ s·η).
 """
@@ -140,18 +141,33 @@ class LoraTrainConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class FullFTConfig:
+    """The full-fine-tuning learning-rate sweep that runs before the LoRA sweep (stage ``full_ft``): its optimum on
+    the selection half is the sweep's pre-registered ``base_lr`` (the paper's small, full-fine-tuning-style
+    learning rate), measured rather than typed in."""
+    lrs: list[float] = bounded(min=1e-8, max=1.0, doc="learning rates tried (the grid grows past an edge optimum)")
+    max_extensions: int = bounded(2, min=0, doc="points added beyond the grid's edge while the optimum sits there")
+
+    def check(self, path: str) -> None:
+        require(len(self.lrs) >= 3 and self.lrs == sorted(set(self.lrs)), f"{path}.lrs",
+                f"must be strictly increasing with at least 3 values (an interior optimum), got {self.lrs}")
+
+
+@dataclass(frozen=True, kw_only=True)
 class SweepConfig:
     """α multiplier × learning rate at several ranks (claims 1, 4)."""
-
     ranks: list[int] = bounded(min=1)
     alpha_multipliers: list[float] = bounded(min=1e-3, doc="α = r·m, i.e. s = α/r = m")
-    base_lr: float = bounded(min=1e-7, max=1.0, doc="the small, full-fine-tuning-style learning rate")
+    base_lr: float | None = bounded(None, min=1e-7, max=1.0, doc="the small, full-fine-tuning-style learning "
+                                    "rate; None: pre-registered by the full_ft stage (its optimum)")
     lr_multipliers: list[float] = bounded(min=1e-3, doc="learning rates base_lr·m")
     cross_ranks: list[int] | None = bounded(None, min=1, doc="ranks with the full α × lr cross product (None: "
                                             "every rank); every rank runs both axes from the base point")
-    noise_seeds: list[int] = bounded([], min=0, doc="extra seeds of the point (α = r·noise_alpha_multiplier, "
-                                      "base_lr) at every rank: the seed-to-seed spread behind the margins")
-    noise_alpha_multiplier: float = bounded(1.0, min=1e-3, doc="α multiplier of the repeated point")
+    max_extensions: int = bounded(2, min=0, doc="α multipliers added beyond the grid's edge (at base_lr, per "
+                                  "rank) while the rank's optimum sits on it")
+    optimum_seeds: list[int] = bounded([], min=0, doc="extra seeds of the best α at base_lr and its two grid "
+                                       "neighbours, at every rank: α*'s bootstrap and the seed noise behind "
+                                       "the margins")
 
     def rank_grid(self) -> list[tuple[int, float, float]]:
         """Every (rank, α multiplier, lr multiplier) of the sweep, in run order: at every rank the α axis at
@@ -172,9 +188,7 @@ class SweepConfig:
                     f"must be strictly increasing with at least {least} values, got {values}")
         for key in ("alpha_multipliers", "lr_multipliers"):
             require(1.0 in getattr(self, key), f"{path}.{key}", "must contain 1 (the base point α = r, base_lr)")
-        require(self.noise_alpha_multiplier in self.alpha_multipliers, f"{path}.noise_alpha_multiplier",
-                f"{self.noise_alpha_multiplier} is not one of alpha_multipliers {self.alpha_multipliers}")
-        require(self.base_lr * max(self.lr_multipliers) <= 1.0, f"{path}.lr_multipliers",
+        require(self.base_lr is None or self.base_lr * max(self.lr_multipliers) <= 1.0, f"{path}.lr_multipliers",
                 f"base_lr·{max(self.lr_multipliers)} exceeds a learning rate of 1")
         if self.cross_ranks is not None:
             extra = sorted(set(self.cross_ranks) - set(self.ranks))
@@ -245,7 +259,7 @@ class CurvatureConfig:
     at_fractions: list[float] = bounded([0.0, 0.5, 1.0], min=0.0, max=1.0,
                                         doc="measure at these fractions of the training steps (0: init)")
     steps: int = bounded(40, min=1, doc="training steps (base_lr·lr_multiplier, the standard α)")
-    lr_multiplier: float = bounded(16.0, min=1e-3, doc="of sweep.base_lr: a LoRA-style learning rate")
+    lr_multiplier: float = bounded(16.0, min=1e-3, doc="of mechanisms.base_lr: a LoRA-style learning rate")
     batch_size: int = bounded(4, min=1, doc="sequences in the fixed curvature batch")
     iters: int = bounded(30, min=2, doc="Hessian-vector products per Lanczos run (at most)")
     tol: float = bounded(1e-3, min=1e-8, max=0.5)
@@ -279,6 +293,9 @@ class MechanismsConfig:
     """Signal/drift, curvature (our reconstructions) and the synthetic MLP, on one task."""
 
     task: str = bounded("domain", choices=TASKS)
+    base_lr: float = bounded(3e-4, min=1e-7, max=1.0, doc="the learning rate the signal/drift axes and the "
+                             "curvature runs start from: fixed, not pre-registered, since claims 2 and 3 read "
+                             "directions along the axes, not optima")
     signal_drift: SignalDriftConfig = field(default_factory=SignalDriftConfig)
     curvature: CurvatureConfig = field(default_factory=CurvatureConfig)
     mlp: MLPConfig = field(default_factory=MLPConfig)
@@ -299,6 +316,7 @@ class LoraAlphaConfig:
                                   "machine run ~10x slower than one")
     tasks: TasksConfig = field(default_factory=TasksConfig)
     train: LoraTrainConfig
+    full_ft: FullFTConfig
     sweep: SweepConfig
     methods: MethodsConfig
     mechanisms: MechanismsConfig = field(default_factory=MechanismsConfig)

@@ -7,6 +7,8 @@ brief publishes no code): the layer-wise α rule, the signal/drift decomposition
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import warnings
 from typing import Any, Callable
@@ -21,6 +23,8 @@ from ...lora import (SignalDrift, alpha_for, layerwise_report, lora_vs_full_curv
                      run_mlp_experiment, total_ratio)
 from ...lora.alpha import AlphaChoice
 from ...lora.finetune import reasoning_accuracy, sft_loss
+from . import artifacts
+from .artifacts import PAPER
 from .config import METHODS
 from .runs import RunSpec, TaskData, Timer, curve_rows, make_model, run_summary, section, train_run
 
@@ -31,27 +35,152 @@ def _log(msg: str) -> None:
     print(msg, flush=True)
 
 
+# ------------------------------------------------------------------------------------------ base_lr
+
+def full_ft_sweep(cfg: Config, base: torch.nn.Module, data: TaskData) -> tuple[list[dict], list[dict]]:
+    """Full fine-tuning at every learning rate of ``full_ft.lrs``, the grid growing past its edge (at most
+    ``max_extensions`` points) while the selection-half optimum sits there. Returns (runs, curves); the optimum
+    (:func:`pre_registered_lr`) becomes the LoRA sweep's ``base_lr``."""
+    la = section(cfg)
+    ft = la.full_ft
+    lrs, rows, curves = list(ft.lrs), [], []
+    for _ in range(ft.max_extensions + 1):
+        todo = [lr for lr in lrs if lr not in {row["lr"] for row in rows}]
+        for row, c in run_jobs(full_ft_point, todo, (cfg, base, data), threads=_threads(la)):
+            _log(f"full fine-tuning {data.name} lr={row['lr']:g}: select {row['select_loss']:.4f}")
+            rows.append(row)
+            curves += c
+        nxt = beyond_edge(sorted(lrs), [_loss_at(rows, "lr", lr) for lr in sorted(lrs)])
+        if nxt is None or nxt > 1.0:
+            break
+        lrs.append(nxt)
+    return sorted(rows, key=lambda row: row["lr"]), curves
+
+
+def full_ft_point(cfg: Config, base: torch.nn.Module, data: TaskData, lr: float) -> tuple[dict, list[dict]]:
+    """One full fine-tuning run at ``lr``: its row (select/report losses) and learning curve."""
+    la = section(cfg)
+    model, result = train_run(cfg, base, data, RunSpec(lr, None))
+    row = {"task": data.name, "lr": lr, **run_summary(cfg, model, data, result, splits=("select", "report"))}
+    return row, curve_rows(result, max(1, la.train.steps[data.name] // 50), task=data.name, lr=lr)
+
+
+def _loss_at(rows: list[dict], key: str, value: float, loss: str = "select_loss") -> float:
+    y = next(row[loss] for row in rows if row[key] == value)
+    return y if math.isfinite(y) else math.inf
+
+
+def beyond_edge(grid: list[float], losses: list[float]) -> float | None:
+    """The next grid point past the edge the optimum of ``losses`` sits on (one more step of the grid's own
+    ratio at that edge), or None when the optimum is interior (or every loss is infinite).
+
+    >>> beyond_edge([1, 4, 16], [3.0, 2.0, 1.0])
+    64.0
+    >>> beyond_edge([1, 4, 16], [1.0, 2.0, 3.0])
+    0.25
+    """
+    y = np.asarray(losses, float)
+    if not np.isfinite(y).any():
+        return None
+    k = int(np.argmin(y))
+    if k == len(grid) - 1:
+        return float(grid[-1] * grid[-1] / grid[-2])
+    if k == 0:
+        return float(grid[0] * grid[0] / grid[1])
+    return None
+
+
+def pre_registered_lr(runs: pd.DataFrame) -> dict:
+    """The sweep's base_lr from the full fine-tuning runs: the grid learning rate with the lowest selection-half
+    loss (the report half stays untouched by every setting). ``at_edge``: the grid could not bracket it."""
+    y = runs.select_loss.where(np.isfinite(runs.select_loss), np.inf).to_numpy(float)
+    if not np.isfinite(y).any():
+        raise ValueError("every full fine-tuning run diverged: no learning rate to pre-register; lower full_ft.lrs")
+    k = int(np.argmin(y))
+    return {"base_lr": float(runs.lr.iloc[k]), "select_loss": float(y[k]),
+            "at_edge": bool(k in (0, len(y) - 1)), "lrs": [float(v) for v in runs.lr]}
+
+
 # ------------------------------------------------------------------------------------------ sweep
 
 def sweep(cfg: Config, base: torch.nn.Module, data: TaskData) -> tuple[list[dict], list[dict]]:
-    """α multiplier × lr multiplier at every rank (``sweep.rank_grid()``), plus ``noise_seeds`` repeats of the
-    point (α = r·noise_alpha_multiplier, base_lr). α = r·m_α (s = m_α), lr = base_lr·m_lr. Returns (runs, curves).
-    The runs are independent: :func:`lmrepro.pool.run_jobs` spreads them over the cores."""
+    """α multiplier × lr multiplier at every rank (``sweep.rank_grid()``) with the main seed; then, per rank at
+    base_lr, α multipliers past the grid's edge (at most ``max_extensions``) while the optimum sits on it; then
+    ``optimum_seeds`` repeats of the best α and its two neighbours. α = r·m_α (s = m_α), lr = base_lr·m_lr.
+    Returns (runs, curves). The runs within a round are independent: :func:`lmrepro.pool.run_jobs` spreads
+    them over the cores."""
     la = section(cfg)
     sw = la.sweep
-    points = [(r, a, m, la.seed) for r, a, m in sw.rank_grid()]
-    points += [(r, sw.noise_alpha_multiplier, 1.0, seed) for r in sw.ranks for seed in sw.noise_seeds
-               if seed != la.seed]
-    clock, done = Timer(), [0]
+    _require_base_lr(la)
+    clock, rows, curves = Timer(), [], []
 
-    def log(i: int, result: tuple[dict, list[dict]]) -> None:
-        row, done[0] = result[0], done[0] + 1
-        _log(f"[{clock():7.1f}s] sweep {data.name} {done[0]}/{len(points)} r={row['rank']} "
-             f"α×{row['alpha_multiplier']:g} lr×{row['lr_multiplier']:g} seed={row['seed']}: "
-             f"val {row['val_loss']:.4f}{' (diverged)' if row['diverged'] else ''}")
+    def run(points: list[tuple]) -> None:
+        def log(i: int, result: tuple[dict, list[dict]]) -> None:
+            row = result[0]
+            _log(f"[{clock():7.1f}s] sweep {data.name} {len(rows) + i + 1} r={row['rank']} "
+                 f"α×{row['alpha_multiplier']:g} lr×{row['lr_multiplier']:g} seed={row['seed']}: "
+                 f"val {row['val_loss']:.4f}{' (diverged)' if row['diverged'] else ''}")
 
-    results = run_jobs(sweep_point, points, (cfg, base, data), threads=_threads(la), on_result=log)
-    return [row for row, _ in results], [c for _, curves in results for c in curves]
+        results = run_jobs(sweep_point, points, (cfg, base, data), threads=_threads(la), on_result=log)
+        rows.extend(row for row, _ in results)
+        curves.extend(c for _, cs in results for c in cs)
+
+    run([(r, a, m, la.seed) for r, a, m in sw.rank_grid()])
+    for _ in range(sw.max_extensions):
+        more = [(r, a, 1.0, la.seed) for r in sw.ranks
+                if (a := beyond_edge(*_alpha_axis(rows, r, la.seed))) is not None]
+        if not more:
+            break
+        run(more)
+    around = []
+    for r in sw.ranks:
+        grid, losses = _alpha_axis(rows, r, la.seed)
+        if np.isfinite(losses).any():
+            k = int(np.argmin(losses))
+            around += [(r, a, 1.0, seed) for a in grid[max(k - 1, 0):k + 2] for seed in sw.optimum_seeds
+                       if seed != la.seed]
+    run(around)
+    return rows, curves
+
+
+def _require_base_lr(la) -> None:
+    if la.sweep.base_lr is None:
+        raise ValueError("sweep.base_lr is None: set it from the full_ft stage's pre-registered learning rate "
+                         "first (pre_registered(cfg, paths, task))")
+
+
+def _alpha_axis(rows: list[dict], r: int, seed: int) -> tuple[list[float], np.ndarray]:
+    """(α multipliers, val losses; diverged = inf) of rank ``r`` at base_lr and ``seed``, by α."""
+    axis = sorted((row["alpha_multiplier"], row["val_loss"]) for row in rows
+                  if row["rank"] == r and row["lr_multiplier"] == 1.0 and row["seed"] == seed)
+    y = np.array([v for _, v in axis], float)
+    return [a for a, _ in axis], np.where(np.isfinite(y), y, np.inf)
+
+
+def with_base_lr(cfg: Config, base_lr: float) -> Config:
+    """``cfg`` with the lora_alpha section's ``sweep.base_lr`` set (the full_ft stage's pre-registered value)."""
+    la = section(cfg)
+    sw = la.sweep
+    top = base_lr * max(sw.lr_multipliers)
+    if top > 1.0:
+        raise ValueError(f"the pre-registered base_lr {base_lr:g} times the largest of sweep.lr_multipliers "
+                         f"{sw.lr_multipliers} is {top:g}, above a learning rate of 1: shorten lr_multipliers")
+    new = dataclasses.replace(la, sweep=dataclasses.replace(sw, base_lr=float(base_lr)))
+    return dataclasses.replace(cfg, papers={**cfg.papers, PAPER: new})
+
+
+def pre_registered(cfg: Config, paths, task: str) -> tuple[Config, str]:
+    """(``cfg`` with the sweep's base_lr set, where it came from): the profile's ``sweep.base_lr`` when given,
+    else the full_ft stage's optimum for ``task`` (``artifacts.base_lr_file``)."""
+    la = section(cfg)
+    if la.sweep.base_lr is not None:
+        return with_base_lr(cfg, la.sweep.base_lr), "sweep.base_lr of the profile"
+    path = artifacts.base_lr_file(paths, task)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: sweep.base_lr is null, so the learning rate comes from the "
+                                f"full fine-tuning stage; run `dvc repro full_ft@{task}` first")
+    record = json.loads(path.read_text())
+    return with_base_lr(cfg, record["base_lr"]), f"pre-registered by full_ft@{task} ({path.name})"
 
 
 def sweep_point(cfg: Config, base: torch.nn.Module, data: TaskData, point: tuple) -> tuple[dict, list[dict]]:
@@ -82,28 +211,88 @@ def _combined(row: dict, data: TaskData) -> float:
 # ------------------------------------------------------------------------------------------ α* and its fit
 
 def best_alpha(runs: pd.DataFrame, lr_multiplier: float = 1.0, loss: str = "val_loss") -> pd.DataFrame:
-    """Per rank, at lr = base_lr·``lr_multiplier`` and the main seed: the grid optimum of α and α* interpolated
-    by the vertex of a parabola through the best grid point and its neighbours in (log α, loss); α* stays the
-    grid point when the optimum is at the grid's edge (``at_edge``: the true optimum may lie beyond it).
-    Diverged runs count as +inf."""
+    """Per rank, at lr = base_lr·``lr_multiplier``: the grid optimum of the seed-mean loss over α and α*
+    interpolated by the vertex of a parabola through the best grid point and its neighbours in (log α, loss);
+    α* stays the grid point when the optimum is at the grid's edge (``at_edge``: the true optimum may lie beyond
+    it). A diverged run makes its grid point's mean +inf. ``seeds``: the most seeds behind one of the three points."""
     sel = runs[np.isclose(runs.lr_multiplier, lr_multiplier)]
-    if "seed" in sel and len(sel):
-        sel = sel[sel.seed == sel.seed.mode().iloc[0]] if sel.seed.nunique() > 1 else sel
     rows = []
     for r, g in sel.groupby("rank"):
         if g.alpha.nunique() < 3:
             continue  # only the lr axis ran at this learning rate: no α optimum to find
-        g = g.sort_values("alpha")
-        x = np.log(g.alpha.to_numpy(float))
-        y = g[loss].to_numpy(float)
-        y = np.where(np.isfinite(y), y, np.inf)
-        k = int(np.argmin(y))
-        edge = k == 0 or k == len(y) - 1 or not np.isfinite(y[[max(k - 1, 0), min(k + 1, len(y) - 1)]]).all()
-        xs = x[k] if edge else parabola_vertex(x[k - 1:k + 2], y[k - 1:k + 2])
-        rows.append({"rank": int(r), "lr_multiplier": lr_multiplier, "alpha_grid": float(np.exp(x[k])),
-                     "alpha_star": float(np.exp(xs)), "best_loss": float(y[k]), "at_edge": bool(edge),
-                     "multiplier_star": float(np.exp(xs) / r)})
+        y = g[loss].where(np.isfinite(g[loss]), np.inf)
+        means = y.groupby(g.alpha).mean().sort_index()
+        n = g.groupby("alpha").size().reindex(means.index)
+        k, xs, edge = alpha_vertex(np.log(means.index.to_numpy(float)), means.to_numpy(float))
+        rows.append({"rank": int(r), "lr_multiplier": lr_multiplier, "alpha_grid": float(means.index[k]),
+                     "alpha_star": float(np.exp(xs)), "best_loss": float(means.iloc[k]), "at_edge": bool(edge),
+                     "multiplier_star": float(np.exp(xs) / r), "seeds": int(n.iloc[max(k - 1, 0):k + 2].max())})
     return pd.DataFrame(rows)
+
+
+def alpha_vertex(x: np.ndarray, y: np.ndarray) -> tuple[int, float, bool]:
+    """(index of the grid optimum, log α* by the parabola through it and its neighbours, at the grid's edge)
+    for log α values ``x`` (sorted) and losses ``y`` (+inf for diverged)."""
+    k = int(np.argmin(y))
+    edge = k == 0 or k == len(y) - 1 or not np.isfinite(y[[k - 1, k + 1]]).all()
+    return k, float(x[k] if edge else parabola_vertex(x[k - 1:k + 2], y[k - 1:k + 2])), edge
+
+
+def bootstrap_alpha_stars(runs: pd.DataFrame, n_boot: int = 4000, seed: int = 0, loss: str = "val_loss",
+                          level: float = 0.95) -> tuple[pd.DataFrame, dict]:
+    """Uncertainty of α* per rank and of the exponent k of log α* = log C + k·log r, at base_lr.
+
+    Each replicate resamples, with replacement, the seeds behind every (rank, α) grid point (points with one
+    seed stay fixed), recomputes α* from the resampled means (grid optimum and parabola refinement, as in
+    :func:`best_alpha`), fits k by least squares and adds the fit's own uncertainty as a Student-t draw (n − 2
+    degrees of freedom, n ranks) times the replicate's standard error: with no seed noise the interval is the
+    exact t interval of the fit; seed noise and α* jumping between grid points only widen it.
+    Returns (per rank: alpha_star_lo / alpha_star_hi, the ``level`` percentile
+    interval; {"exponent_lo", "exponent_hi", "replicates", "bound_mc_se": the larger Monte-Carlo standard error
+    of the two bounds}). Ranks at the grid's edge in the point estimate are
+    left out of the fit, like a censored value."""
+    rng = np.random.default_rng(seed)
+    sel = runs[np.isclose(runs.lr_multiplier, 1.0)]
+    point = best_alpha(sel, loss=loss)
+    keep = point[~point.at_edge]["rank"].tolist() if len(point) else []
+    groups = {}
+    for r in keep:
+        g = sel[sel["rank"] == r]
+        y = g[loss].where(np.isfinite(g[loss]), np.inf)
+        groups[r] = [(math.log(a), y[g.alpha == a].to_numpy(float)) for a in sorted(g.alpha.unique())]
+    stars = np.full((n_boot, len(keep)), np.nan)
+    for b in range(n_boot):
+        for j, r in enumerate(keep):
+            x = np.array([lx for lx, _ in groups[r]])
+            y = np.array([v[rng.integers(0, len(v), len(v))].mean() for _, v in groups[r]])
+            stars[b, j] = alpha_vertex(x, y)[1]
+    q = [(1 - level) / 2 * 100, (1 + level) / 2 * 100]
+    per_rank = pd.DataFrame({"rank": keep, "alpha_star_lo": np.exp(np.percentile(stars, q[0], axis=0)) if keep else [],
+                             "alpha_star_hi": np.exp(np.percentile(stars, q[1], axis=0)) if keep else []})
+    if len(keep) < 3:
+        return per_rank, {"exponent_lo": math.nan, "exponent_hi": math.nan, "replicates": n_boot,
+                          "bound_mc_se": math.nan}
+    x = np.log(np.asarray(keep, float))
+    sxx = float(((x - x.mean()) ** 2).sum())
+    ks = np.empty(n_boot)
+    for b in range(n_boot):
+        k, c = np.polyfit(x, stars[b], 1)
+        resid = stars[b] - (c + k * x)
+        se = math.sqrt(float(resid @ resid) / (len(x) - 2) / sxx)
+        ks[b] = k + se * rng.standard_t(len(x) - 2)
+    lo, hi = np.percentile(ks, q)
+    return per_rank, {"exponent_lo": float(lo), "exponent_hi": float(hi), "replicates": n_boot,
+                      "bound_mc_se": max(quantile_mc_se(ks, q[0] / 100), quantile_mc_se(ks, q[1] / 100))}
+
+
+def quantile_mc_se(samples: np.ndarray, p: float) -> float:
+    """Monte-Carlo standard error of the ``p`` quantile of ``samples`` (order-statistic interval: the sample
+    quantiles at p ± 1.96·√(p(1−p)/n), divided by 2·1.96): how much the bound would move with another
+    bootstrap seed."""
+    n = len(samples)
+    half = 1.96 * math.sqrt(p * (1 - p) / n)
+    lo, hi = np.quantile(samples, [max(p - half, 0.0), min(p + half, 1.0)])
+    return float((hi - lo) / (2 * 1.96))
 
 
 def parabola_vertex(x: np.ndarray, y: np.ndarray) -> float:
@@ -205,6 +394,7 @@ def methods(cfg: Config, base: torch.nn.Module, data: TaskData, C: float, tokeni
 
     Returns dict(runs, curves, summary, layerwise)."""
     la = section(cfg)
+    _require_base_lr(la)
     me = la.methods
     points = la.train.eval_points
     eval_every = max(1, la.train.steps[data.name] // points) if points else None
@@ -280,12 +470,13 @@ def method_trial(cfg: Config, base: torch.nn.Module, data: TaskData, job: tuple)
 
 def signal_drift(cfg: Config, base: torch.nn.Module, data: TaskData) -> list[dict]:
     """Per-step signal ‖S‖, drift ‖D‖, ρ = ‖D‖/‖S‖ and alignment cos(S, −∇_W L) (means over layers; ``total_ratio``
-    over all layers together) along two axes from the base point (α = r, base_lr): raising lr only, raising α only."""
+    over all layers together) along two axes from the base point (α = r, mechanisms.base_lr): raising lr only,
+    raising α only."""
     la = section(cfg)
     sd = la.mechanisms.signal_drift
     r, rows, clock = sd.rank, [], Timer()
-    axes = [("lr", m, la.sweep.base_lr * m, float(r)) for m in sd.lr_multipliers]
-    axes += [("alpha", m, la.sweep.base_lr, float(r) * m) for m in sd.alpha_multipliers]
+    axes = [("lr", m, la.mechanisms.base_lr * m, float(r)) for m in sd.lr_multipliers]
+    axes += [("alpha", m, la.mechanisms.base_lr, float(r) * m) for m in sd.alpha_multipliers]
     for axis, m, lr, alpha in axes:
         spec = RunSpec(lr, alpha_for("fixed", r, alpha=alpha))
         model = make_model(base, spec, la.target_modules, la.seed)
@@ -328,7 +519,7 @@ def curvature(cfg: Config, base: torch.nn.Module, data: TaskData) -> list[dict]:
     at = sorted({round(f * cv.steps) for f in cv.at_fractions})
     rows, clock = [], Timer()
     for r in cv.ranks:
-        spec = RunSpec(la.sweep.base_lr * cv.lr_multiplier, alpha_for(cv.alpha_rule, r))
+        spec = RunSpec(la.mechanisms.base_lr * cv.lr_multiplier, alpha_for(cv.alpha_rule, r))
         model = make_model(base, spec, la.target_modules, la.seed)
 
         def measure(step: int, model=model, r=r) -> None:

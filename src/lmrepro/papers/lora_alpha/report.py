@@ -15,11 +15,16 @@ reasoning):
   aligned_signal_slope_alpha   claim 3's other half: d log(‖S‖·cos(S, −∇L)) / d log(α multiplier), the signal's
                                component along the task gradient (> 0: raising α amplifies the task-aligned signal)
   alpha_exponent_error_<task>  |k − 1/2| for the least-squares fit log α* = log C + k·log r at base_lr (evidence)
-  sqrt_law_interval_<task>     claim 4: from the fit's 95% interval [k_lo, k_hi] (t, ranks − 2 dof): when it
+  sqrt_law_interval_<task>     claim 4: from k's 95% bootstrap interval [k_lo, k_hi] (seeds resampled at every
+                               grid point, α* re-refined, the fit's t uncertainty drawn:
+                               evaluate.bootstrap_alpha_stars): when it
                                contains 1/2, min(k_lo, 1 − k_hi) if that is > 0 (the interval also excludes 0
                                and 1: reproduced), else NaN (inconclusive); when it excludes 1/2, minus its
                                distance from 1/2 (not reproduced). NaN when more than half of the ranks have α*
                                at the grid's edge (a censored fit)
+  sqrt_law_interval_mcse_<task> noise of that metric: the Monte-Carlo standard error of the interval's bounds
+                               (4000 bootstrap replicates); the claim's margin is 2 of it, so no verdict rests on
+                               the bootstrap's random seed
   alpha_star_over_2r_<task>    claim 4: median over ranks of log2(α* / 2r) at base_lr (> 0: the optimal α is
                                larger than the common default α = 2r; the paper's "unexpectedly large C")
   rank_rule_gain_<task>        claim 5: mean over ranks of min(loss LoRA α=2r, LoRA α=16) − loss LoRA-α (rank
@@ -48,11 +53,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy.stats import t as student_t
 
 from ...paths import Paths
 from . import artifacts
-from .evaluate import LORA_STYLE, best_alpha, fit_alpha_law
+from .evaluate import LORA_STYLE, best_alpha, bootstrap_alpha_stars, fit_alpha_law
 
 TASKS = ("domain", "reasoning")
 VANILLA = ("lora_2r", "lora_16")
@@ -81,15 +85,14 @@ def load_tables(paths: Paths) -> dict[str, pd.DataFrame]:
 
 
 def _main_seed(runs: pd.DataFrame) -> pd.DataFrame:
-    """The sweep's grid runs (the noise-seed repeats excluded): the most common seed."""
+    """The sweep's grid runs (the repeats around the optimum excluded): the most common seed."""
     return runs[runs.seed == runs.seed.mode().iloc[0]] if len(runs) else runs
 
 
 def alpha_fits(sweep_runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(α* per task, lr multiplier and rank; the fit α* = C·r^k per task and lr multiplier)."""
+    """(α* per task, lr multiplier and rank, from seed-mean losses; the fit α* = C·r^k per task and lr multiplier)."""
     stars, fits = [], []
     for task, runs in sweep_runs.groupby("task"):
-        runs = _main_seed(runs)
         for lm in sorted(runs.lr_multiplier.unique()):
             ba = best_alpha(runs, lm)
             if ba.empty or ba["rank"].nunique() < 2:
@@ -217,21 +220,6 @@ def aligned_signal_slope(sd: pd.DataFrame, skip_steps: int = 1) -> tuple[float, 
     return _slope(a.multiplier, a.aligned), ev
 
 
-def exponent_interval(ranks, alpha_stars, level: float = 0.95) -> tuple[float, float]:
-    """``level`` confidence interval of the slope k of log α* = log C + k·log r (ordinary least squares,
-    Student t with n − 2 degrees of freedom); (NaN, NaN) with fewer than 3 usable points."""
-    r, a = np.asarray(ranks, float), np.asarray(alpha_stars, float)
-    ok = np.isfinite(a) & (a > 0) & (r > 0)
-    x, y = np.log(r[ok]), np.log(a[ok])
-    if len(x) < 3 or np.ptp(x) == 0:
-        return math.nan, math.nan
-    k, c = np.polyfit(x, y, 1)
-    resid = y - (c + k * x)
-    se = math.sqrt(float(resid @ resid) / (len(x) - 2) / float(((x - x.mean()) ** 2).sum()))
-    half = float(student_t.ppf(0.5 + level / 2, len(x) - 2)) * se
-    return float(k - half), float(k + half)
-
-
 def interval_score(lo: float, hi: float, target: float = 0.5) -> float:
     """The sqrt_law_interval metric of [lo, hi] (module docstring)."""
     if not (math.isfinite(lo) and math.isfinite(hi)):
@@ -242,7 +230,8 @@ def interval_score(lo: float, hi: float, target: float = 0.5) -> float:
     return -(lo - target if lo > target else target - hi)
 
 
-def exponent_metrics(stars: pd.DataFrame, fits: pd.DataFrame, task: str) -> tuple[dict, dict]:
+def exponent_metrics(stars: pd.DataFrame, fits: pd.DataFrame, sweep_runs: pd.DataFrame, task: str,
+                     n_boot: int = 4000) -> tuple[dict, dict]:
     values, evidence = {}, {}
     f = fits[(fits.task == task) & np.isclose(fits.lr_multiplier, 1.0)] if len(fits) else fits
     st = stars[(stars.task == task) & np.isclose(stars.lr_multiplier, 1.0)] if len(stars) else stars
@@ -251,14 +240,24 @@ def exponent_metrics(stars: pd.DataFrame, fits: pd.DataFrame, task: str) -> tupl
         return {n: math.nan for n in names}, {}
     fit = f.iloc[0]
     censored = st.at_edge.sum() > len(st) / 2
-    lo, hi = exponent_interval(st["rank"], st.alpha_star)
+    per_rank, boot = bootstrap_alpha_stars(sweep_runs[sweep_runs.task == task], n_boot=n_boot)
+    lo, hi = boot["exponent_lo"], boot["exponent_hi"]
     values[f"alpha_exponent_error_{task}"] = math.nan if censored else abs(float(fit.exponent) - 0.5)
     values[f"sqrt_law_interval_{task}"] = math.nan if censored else interval_score(lo, hi)
     values[f"alpha_star_over_2r_{task}"] = float(np.median(np.log2(st.alpha_star / (2 * st["rank"]))))
-    ev = {"exponent": round(float(fit.exponent), 4), "exponent_95_interval": [round(lo, 4), round(hi, 4)],
+    values[f"sqrt_law_interval_mcse_{task}"] = boot["bound_mc_se"]
+    at_base = sweep_runs[(sweep_runs.task == task) & np.isclose(sweep_runs.lr_multiplier, 1.0)]
+    ev = {"base_lr": float(at_base.lr.iloc[0]) if "lr" in at_base and len(at_base) else math.nan,
+          "exponent": round(float(fit.exponent), 4), "exponent_95_interval": [round(lo, 4), round(hi, 4)],
+          "interval": f"bootstrap, {boot['replicates']} replicates: seeds resampled at every grid point, α* "
+                      "re-refined, the fit's Student-t uncertainty drawn",
           "C": round(float(fit.C), 3), "C_sqrt": round(float(fit.C_sqrt), 3),
           "r2": round(float(fit.r2), 4),
           "alpha_star_by_rank": dict(zip(st["rank"].astype(int), st.alpha_star.round(3))),
+          "alpha_star_95_interval_by_rank": {int(r): [round(a, 3), round(b, 3)] for r, a, b in
+                                             per_rank[["rank", "alpha_star_lo", "alpha_star_hi"]].itertuples(
+                                                 index=False)},
+          "seeds_at_optimum_by_rank": dict(zip(st["rank"].astype(int), st.seeds.astype(int))),
           "at_edge_by_rank": dict(zip(st["rank"].astype(int), st.at_edge.astype(bool))),
           "exponent_at_other_lrs": {f"lr×{lm:g}": round(float(k), 3) for lm, k in
                                     zip(fits[fits.task == task].lr_multiplier, fits[fits.task == task].exponent)}}
@@ -345,7 +344,7 @@ def claim_values(tables: dict[str, pd.DataFrame], skip_steps: int = 1) -> tuple[
         v, e = alpha_vs_lr_gap(tables["sweep_runs"], task)
         values[f"alpha_vs_lr_gap_{task}"] = v
         evidence[f"alpha_vs_lr_gap_{task}"] = {**e, **noise(tables["sweep_runs"], task)}
-        v, e = exponent_metrics(stars, fits, task)
+        v, e = exponent_metrics(stars, fits, tables["sweep_runs"], task)
         values.update(v), evidence.update(e)
         v, e = method_metrics(tables["methods_summary"], task)
         seed_noise = noise(tables["sweep_runs"], task)
