@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 
 import torch
@@ -56,7 +57,7 @@ def main() -> None:
     largest = max(h.sizes, key=lambda s: h.sizes[s].hidden_size)
     baseline = LMSpec.from_config(cfg.model, cfg.tokenizer.vocab_size)
     print(json.dumps({
-        "cores": len(__import__("os").sched_getaffinity(0)),
+        "cores": len(os.sched_getaffinity(0)),
         "hybrid_attention_largest": compare(arch_spec(cfg, "full", largest), h.batch_size, h.seq_len,
                                             args.runs, args.steps),
         "baseline_model": compare(baseline, cfg.train.micro_batch_size, cfg.train.seq_len, args.runs, args.steps),

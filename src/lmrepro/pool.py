@@ -1,7 +1,7 @@
 """Independent runs of one stage in worker processes, so both laptop cores work.
 
 The laptop models are too small for two torch threads to help much (``make bench`` prints the measurement:
-``pool`` in ``benchmarks/models_cpu.py``), so on CPU a stage runs its independent runs (sizes, seeds, LoRA
+``benchmarks/pool_cpu.py``), so on CPU a stage runs its independent runs (sizes, seeds, LoRA
 fine-tunes) one per process, each with one torch thread. Every run computes with one thread however many
 workers there are, so the results do not depend on the worker count: parallel equals serial, bit for bit
 (``tests/test_pool.py``). With CUDA the runs stay in this process, in order (one GPU, one process).
@@ -71,7 +71,10 @@ def run_jobs(fn: Callable, jobs: Sequence[Any], shared: tuple = (), *, threads: 
         torch.set_num_threads(threads)
         try:
             for i, job in enumerate(jobs):
-                out[i] = fn(*shared, job)
+                try:
+                    out[i] = fn(*shared, job)
+                except Exception as e:
+                    raise RuntimeError(f"job {i} ({job!r}) failed: {e}") from e
                 if on_result:
                     on_result(i, out[i])
         finally:
