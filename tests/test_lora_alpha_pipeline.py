@@ -351,22 +351,24 @@ def test_censored_fit_is_inconclusive_and_verdicts_follow_the_criteria():
 
 def noisy_sweep(rng, k: float = 0.5, scatter: float = 0.1, sigma: float = 0.01, seeds=(1, 2)) -> pd.DataFrame:
     """Like the pipeline's sweep: loss 3 + 0.05·(ln α − ln α*_r)² + N(0, σ) per run, α*_r = 40·r^k·e^(N(0, scatter))
-    (the law's own scatter across ranks); the main seed on the whole grid, ``seeds`` at the best α and its two
-    neighbours."""
-    rows, grid = [], [1, 4, 16, 64, 256, 1024]
-    for r in (1, 2, 4, 8, 16):
-        star = math.log(40 * r ** k) + rng.normal(0, scatter)
+    (the law's own scatter across ranks); the main seed on the whole grid, ``seeds`` at the seed-mean optimum and
+    its two neighbours (``missing_seeds``, as the sweep runs them)."""
+    from lmrepro.papers.lora_alpha.evaluate import missing_seeds
 
-        def run(am, seed):
-            loss = 3 + 0.05 * (math.log(am * r) - star) ** 2 + rng.normal(0, sigma)
-            rows.append({"task": "domain", "rank": r, "alpha_multiplier": float(am), "lr_multiplier": 1.0,
-                         "seed": seed, "alpha": float(am * r), "val_loss": loss})
-            return loss
+    rows, grid, ranks = [], [1, 4, 16, 64, 256, 1024], (1, 2, 4, 8, 16)
+    stars = {r: math.log(40 * r ** k) + rng.normal(0, scatter) for r in ranks}
 
-        best = int(np.argmin([run(am, 0) for am in grid]))
-        for am in grid[max(best - 1, 0):best + 2]:
-            for seed in seeds:
-                run(am, seed)
+    def run(r, am, seed):
+        loss = 3 + 0.05 * (math.log(am * r) - stars[r]) ** 2 + rng.normal(0, sigma)
+        rows.append({"task": "domain", "rank": r, "alpha_multiplier": float(am), "lr_multiplier": 1.0,
+                     "seed": seed, "alpha": float(am * r), "val_loss": loss})
+
+    for r in ranks:
+        for am in grid:
+            run(r, am, 0)
+    while more := missing_seeds(rows, ranks, seeds):
+        for r, am, _, seed in more:
+            run(r, am, seed)
     return pd.DataFrame(rows)
 
 
@@ -636,3 +638,77 @@ def test_sweep_and_methods_in_workers_equal_serial(hf_project, monkeypatch):
     for serial, parallel in zip(out["1"], out["2"]):
         pd.testing.assert_frame_equal(serial, parallel)
     assert out["1"][0].val_loss.nunique() > 1
+
+
+def test_alpha_star_and_its_interval_ignore_a_seed_offset_shared_by_every_alpha():
+    """A seed that is worse at every α (a shared offset) says nothing about where α* lies: the point estimate and
+    the bootstrap (seeds resampled whole per rank, offsets removed) are unchanged by adding one."""
+    from lmrepro.papers.lora_alpha.evaluate import best_alpha, bootstrap_alpha_stars
+
+    runs = noisy_sweep(np.random.default_rng(3), scatter=0.0, sigma=0.01)
+    shifted = runs.assign(val_loss=runs.val_loss + runs.seed.map({0: 0.0, 1: 0.4, 2: 0.4}))
+    assert np.allclose(best_alpha(shifted).alpha_star, best_alpha(runs).alpha_star, rtol=1e-9)
+    (a, ka), (b, kb) = (bootstrap_alpha_stars(r, n_boot=200, seed=5) for r in (runs, shifted))
+    assert np.allclose(a[["alpha_star_lo", "alpha_star_hi"]], b[["alpha_star_lo", "alpha_star_hi"]], rtol=1e-9)
+    assert ka["exponent_lo"] == pytest.approx(kb["exponent_lo"]) and ka["ranks"] == [1, 2, 4, 8, 16]
+
+
+def test_missing_seeds_follow_the_seed_mean_optimum():
+    """Extra seeds go to the seed-mean optimum and both neighbours; when they move the optimum, the new window's
+    points are added."""
+    from lmrepro.papers.lora_alpha.evaluate import missing_seeds
+
+    def row(am, seed, loss):
+        return {"rank": 4, "alpha_multiplier": float(am), "lr_multiplier": 1.0, "seed": seed, "val_loss": loss}
+
+    main = [row(am, 0, loss) for am, loss in zip([1, 4, 16, 64, 256], [3.0, 2.5, 2.0, 2.1, 2.6])]
+    assert sorted(missing_seeds(main, [4], [1, 2])) == [(4, a, 1.0, s) for a in (4.0, 16.0, 64.0) for s in (1, 2)]
+    # Seeds 1 and 2 find 64 better than 16: the window moves up and 256 needs them too.
+    extra = [row(am, s, {4: 2.6, 16: 2.3, 64: 1.9}[am]) for am in (4, 16, 64) for s in (1, 2)]
+    assert sorted(missing_seeds(main + extra, [4], [1, 2])) == [(4, 256.0, 1.0, 1), (4, 256.0, 1.0, 2)]
+    assert missing_seeds(main + extra + [row(256, s, 2.7) for s in (1, 2)], [4], [1, 2]) == []
+
+
+def test_full_ft_grid_stops_where_the_lora_sweep_could_not_use_the_optimum():
+    """The learning-rate grid grows past an edge optimum, but never above 1 / max(sweep.lr_multipliers)."""
+    from lmrepro.papers.lora_alpha.evaluate import next_lr
+
+    losses = [3.0, 2.0, 1.0]  # the optimum sits at the top edge
+    assert next_lr([1e-3, 3e-3, 1e-2], losses, top=1.0) == pytest.approx(1e-2 * 1e-2 / 3e-3)
+    assert next_lr([1e-3, 3e-3, 1e-2], losses, top=1 / 64) is None  # 0.033 × 64 would exceed 1
+    assert next_lr([1e-3, 3e-3, 1e-2], [2.0, 1.0, 3.0], top=1.0) is None  # interior
+    assert next_lr([1e-3, 3e-3, 1e-2], [1.0, 2.0, 3.0], top=1 / 64) == pytest.approx(1e-3 / 3)
+
+
+def test_seed_offsets_are_robust_to_a_point_where_runs_start_to_diverge():
+    """center_seeds: one full row that scatters 10× (past the optimum) does not shift the main seed's other
+    points; a shared offset is removed exactly (up to one constant for the whole table: its mean)."""
+    from lmrepro.papers.lora_alpha.evaluate import center_seeds
+
+    nan = math.nan
+    table = np.array([[3.0, nan, nan],        # only the main seed ran here
+                      [2.50, 2.51, 2.49],
+                      [2.40, 2.41, 2.39],
+                      [2.90, 3.40, 2.60]])    # where runs start to diverge
+    assert center_seeds(table)[0, 0] == pytest.approx(3.0, abs=0.011)
+    shifted = table + np.array([0.0, 0.3, -0.1])
+    moved = center_seeds(shifted) - center_seeds(table)
+    assert np.allclose(moved[~np.isnan(moved)], 0.2 / 3) and np.isnan(moved).sum() == 2
+
+
+def test_method_margin_noise_is_the_seed_spread_at_each_ranks_optimum():
+    """report.noise: σ pools the seed std at the optimum of every rank, not at points past it."""
+    from lmrepro.papers.lora_alpha.evaluate import best_alpha
+    from lmrepro.papers.lora_alpha.report import noise
+
+    runs = noisy_sweep(np.random.default_rng(7), scatter=0.0, sigma=0.01)
+    optimum = set(zip(best_alpha(runs)["rank"], best_alpha(runs).alpha_grid))
+    # The optimum's neighbours scatter wildly (as past an optimum, where runs start to diverge).
+    off = np.array([(r, a) not in optimum for r, a in zip(runs["rank"], runs.alpha)]) & (runs.seed > 0)
+    wild = runs.assign(val_loss=runs.val_loss + np.where(off, runs.seed * 0.5, 0.0))
+    assert set(zip(best_alpha(wild)["rank"], best_alpha(wild).alpha_grid)) == optimum
+    n, m = noise(runs, "domain"), noise(wild, "domain")
+    assert m["seed_std_pooled"] == pytest.approx(n["seed_std_pooled"])
+    assert m["seed_std_all_points_pooled"] > 5 * n["seed_std_all_points_pooled"]
+    assert 0.005 < n["seed_std_pooled"] < 0.02  # σ = 0.01 per run
+    assert len(n["seed_std_at_optimum"]) == 5

@@ -151,3 +151,39 @@ def test_bad_repeat_settings_are_refused(stream, kwargs, match):
 def test_repeat_row_that_cannot_fit_is_refused(stream):
     with pytest.raises(ValueError, match="repeat row of span 150 needs 340 tokens; the row has 321"):
         sampler(stream, kinds=("repeat",), repeat_tokens=150).row(0, 0)
+
+
+@pytest.mark.parametrize("kind", ["single_needle", "recall", "multiquery"])
+def test_answer_weights_fall_exactly_on_the_value_tokens(stream, kind):
+    """Pilot rounds 3–5 (pilot_weighted): the weighted labels of a synthetic row are the tokens of its values,
+    where the row writes them, or a repeat row's copied span; plain rows keep weight 1."""
+    from lmrepro.papers.hybrid_attention.pilot_weighted import answer_mask, batch_weights
+
+    tok, _ = stream
+    s = sampler(stream, kinds=(kind, "repeat"), min_distance=60)
+    for step in range(4):
+        w = batch_weights(s, step, 8, 7.0, tok)
+        assert w.shape == (8, SEQ)
+        where = s.positions(step, 8)
+        for r in range(8):
+            if r not in where:
+                assert torch.equal(w[r], torch.ones(SEQ))
+                continue
+            row = s.row(step, r)
+            if row.kind == "repeat":  # the copied span, exactly: the row's last repeat_tokens labels
+                assert torch.equal(w[r] == 7.0, torch.arange(SEQ) >= SEQ - 32)
+                continue
+            labels = torch.tensor(row.ids[1:])
+            mask = answer_mask(row, tok)
+            assert torch.equal(w[r] == 7.0, mask) and torch.equal(w[r][~mask], torch.ones(int((~mask).sum())))
+            if kind != "multiquery":
+                assert int(mask.sum()) == sum(len(tok.encode(" " + v, add_special_tokens=False).ids)
+                                              for v in row.values)
+            if kind == "multiquery":  # the prompt ends with its whole answer: the values joined by ","
+                assert tok.decode(labels[mask].tolist()).replace(" ", "") == ",".join(row.values)
+                continue
+            # Label runs, in the order the row writes them, decode to its values.
+            for value, (_, target) in zip(row.values, row.pairs):
+                n = len(tok.encode(" " + value, add_special_tokens=False).ids)
+                assert tok.decode(labels[target - 1:target - 1 + n].tolist()).strip() == value
+                assert mask[target - 1:target - 1 + n].all()

@@ -59,13 +59,15 @@ class PilotRun:
     snapshots: int = 4
     num_layers: int = 8
     batch_size: int = 8
+    seed: int = 0  # initialization, data order and synthetic rows
 
     @property
     def name(self) -> str:
         return (f"{self.arch}-T{self.seq_len}-d{self.hidden_size}-L{self.num_layers}-n{self.steps}-m{self.share}"
                 f"-{'+'.join(self.kinds)}-p{self.recall_pairs}-r{self.repeat_tokens}v{self.repeat_vocab}"
                 f"-lr{self.lr}-s{self.snapshots}"
-                + (f"-b{self.batch_size}" if self.batch_size != 8 else ""))
+                + (f"-b{self.batch_size}" if self.batch_size != 8 else "")
+                + (f"-seed{self.seed}" if self.seed else ""))
 
 
 def _spec(cfg: Config, run: PilotRun) -> LMSpec:
@@ -110,6 +112,57 @@ def copy_accuracy(model, rows) -> float:
     return float(np.mean(hits))
 
 
+def _min_distance(cfg: Config, run: PilotRun) -> int:
+    """Values sit beyond the stacked receptive field of the smallest window's six SWA layers."""
+    return 6 * derive(cfg.hybrid_attention, "pilot", seq_len=run.seq_len).window("swa-small") + 1
+
+
+def retrieval_mix(cfg: Config, run: PilotRun) -> RetrievalMix:
+    """The synthetic rows ``run`` trains on."""
+    return RetrievalMix(share=run.share, kinds=run.kinds, value_digits=3, min_distance=_min_distance(cfg, run),
+                        seed=run.seed, recall_pairs=run.recall_pairs, repeat_tokens=run.repeat_tokens,
+                        repeat_vocab=run.repeat_vocab)
+
+
+@dataclass(frozen=True)
+class EvalSets:
+    """Held-out measuring material of one run (module doc): recall rows, repeat rows of 256 ids and of the
+    run's own alphabet (empty without one), single-needle samples."""
+
+    recall: list
+    copy: list
+    copy_own: list
+    needles: list
+
+
+def eval_sets(cfg: Config, paths: Paths, run: PilotRun, tok, eval_samples: int = 32) -> EvalSets:
+    """Rows as long as the context allows: recall pairs and the copied span shrink for short contexts."""
+    min_distance = _min_distance(cfg, run)
+    val = ShardedTokens(paths.tokens("validation"))
+
+    def rows(mix: RetrievalMix) -> list:
+        sampler = MixedSampler(ChunkSampler(val, run.seq_len, 0), mix, tok)
+        return [sampler.row(s, r) for s in range(4) for r in sampler.positions(s, 8)]
+
+    pairs = max(1, min(run.recall_pairs, (run.seq_len - min_distance) // 48))  # <= 48 tokens a pair
+    span = min(COPY_SPAN, (run.seq_len + 1 - min_distance) // 2)
+    own = [] if run.repeat_vocab is None else rows(RetrievalMix(0.5, ("repeat",), 3, min_distance, seed=97,
+                                                               repeat_tokens=span, repeat_vocab=run.repeat_vocab))
+    return EvalSets(rows(RetrievalMix(0.5, ("recall",), 3, min_distance, seed=99, recall_pairs=pairs)),
+                    rows(RetrievalMix(0.5, ("repeat",), 3, min_distance, seed=98, repeat_tokens=span,
+                                      repeat_vocab=COPY_VOCAB)),
+                    own,
+                    make_task("single_needle", tok, val.read(0, min(len(val), 200_000)), run.seq_len, eval_samples,
+                              seed=123, value_digits=3))
+
+
+def measure(model, sets: EvalSets, tok) -> dict:
+    """``needle_acc``, ``value_nll``, ``copy_acc``, ``copy_acc_own`` (module doc) of ``model`` (eval mode)."""
+    return {"needle_acc": evaluate_task(model, sets.needles, tok)["accuracy"],
+            "value_nll": value_nll(model, sets.recall, tok), "copy_acc": copy_accuracy(model, sets.copy),
+            "copy_acc_own": copy_accuracy(model, sets.copy_own) if sets.copy_own else math.nan}
+
+
 def run_pilot(cfg: Config, paths: Paths, run: PilotRun, root: Path, eval_samples: int = 32) -> list[dict]:
     """Train ``run`` under ``root/<name>`` (resumable) and measure each of its ``snapshots`` snapshots."""
     tok = load_tokenizer(paths.tokenizer)
@@ -119,44 +172,19 @@ def run_pilot(cfg: Config, paths: Paths, run: PilotRun, root: Path, eval_samples
                       for i in range(run.snapshots)})
     tcfg = derive(cfg.train, "pilot", seq_len=run.seq_len, batch_size=bs, micro_batch_size=bs,
                   max_tokens=run.steps * step_tokens, lr=run.lr, warmup_fraction=0.05, checkpoint_tokens=budgets,
-                  eval_every_steps=None, seed=0, save_every_steps=max(1, run.steps // 4))
-    # Values sit beyond the stacked receptive field of the smallest window's six SWA layers.
-    min_distance = 6 * derive(cfg.hybrid_attention, "pilot", seq_len=run.seq_len).window("swa-small") + 1
-    mix = RetrievalMix(share=run.share, kinds=run.kinds, value_digits=3, min_distance=min_distance, seed=0,
-                       recall_pairs=run.recall_pairs, repeat_tokens=run.repeat_tokens,
-                       repeat_vocab=run.repeat_vocab)
+                  eval_every_steps=None, seed=run.seed, save_every_steps=max(1, run.steps // 4))
     folder = root / run.name
     trainer = Trainer(_spec(cfg, run), tcfg, paths.tokens("train"), folder / "out", folder / "ckpt", progress=False)
-    trainer.sampler = MixedSampler(trainer.sampler, mix, tok)  # a pilot folder of its own: no fingerprint clash
+    # A pilot folder of its own: no fingerprint clash.
+    trainer.sampler = MixedSampler(trainer.sampler, retrieval_mix(cfg, run), tok)
     t0 = time.time()
     trainer.fit()
     seconds = time.time() - t0
-    val = ShardedTokens(paths.tokens("validation"))
-    # Held-out rows as long as the context allows: recall pairs and the copied span shrink for short contexts.
-    pairs = max(1, min(run.recall_pairs, (run.seq_len - min_distance) // 48))  # <= 48 tokens a pair
-    held_out_mix = RetrievalMix(0.5, ("recall",), 3, min_distance, seed=99, recall_pairs=pairs)
-    held_out = MixedSampler(ChunkSampler(val, run.seq_len, 0), held_out_mix, tok)
-    rows = [held_out.row(s, r) for s in range(4) for r in held_out.positions(s, 8)]
-    span = min(COPY_SPAN, (run.seq_len + 1 - min_distance) // 2)
-    rep_mix = RetrievalMix(0.5, ("repeat",), 3, min_distance, seed=98, repeat_tokens=span,
-                           repeat_vocab=COPY_VOCAB)
-    rep = MixedSampler(ChunkSampler(val, run.seq_len, 0), rep_mix, tok)
-    rep_rows = [rep.row(s, r) for s in range(4) for r in rep.positions(s, 8)]
-    own_rows = []  # copying of the run's own random alphabet (trained symbols, unseen sequences)
-    if run.repeat_vocab is not None:
-        own = MixedSampler(ChunkSampler(val, run.seq_len, 0),
-                           RetrievalMix(0.5, ("repeat",), 3, min_distance, seed=97, repeat_tokens=span,
-                                        repeat_vocab=run.repeat_vocab), tok)
-        own_rows = [own.row(s, r) for s in range(4) for r in own.positions(s, 8)]
-    samples = make_task("single_needle", tok, val.read(0, min(len(val), 200_000)), run.seq_len, eval_samples,
-                        seed=123, value_digits=3)
+    sets = eval_sets(cfg, paths, run, tok, eval_samples)
     out = []
     for b in budgets:
         model = load_model(folder / "out" / f"budget-{b}").eval()
         out.append({"run": run.name, "arch": run.arch, "tokens": b, "step": b // step_tokens,
-                    "needle_acc": evaluate_task(model, samples, tok)["accuracy"],
-                    "value_nll": value_nll(model, rows, tok), "copy_acc": copy_accuracy(model, rep_rows),
-                    "copy_acc_own": copy_accuracy(model, own_rows) if own_rows else math.nan,
-                    "train_s": round(seconds, 1),
+                    **measure(model, sets, tok), "train_s": round(seconds, 1),
                     "params": sum(p.numel() for p in model.parameters())})
     return out

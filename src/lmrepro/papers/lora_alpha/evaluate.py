@@ -39,10 +39,12 @@ def _log(msg: str) -> None:
 
 def full_ft_sweep(cfg: Config, base: torch.nn.Module, data: TaskData) -> tuple[list[dict], list[dict]]:
     """Full fine-tuning at every learning rate of ``full_ft.lrs``, the grid growing past its edge (at most
-    ``max_extensions`` points) while the selection-half optimum sits there. Returns (runs, curves); the optimum
+    ``max_extensions`` points, never above 1 / max(sweep.lr_multipliers), the largest base_lr the LoRA sweep can
+    use) while the selection-half optimum sits there. Returns (runs, curves); the optimum
     (:func:`pre_registered_lr`) becomes the LoRA sweep's ``base_lr``."""
     la = section(cfg)
     ft = la.full_ft
+    top = 1.0 / max(la.sweep.lr_multipliers)  # else with_base_lr refuses the optimum
     lrs, rows, curves = list(ft.lrs), [], []
     for _ in range(ft.max_extensions + 1):
         todo = [lr for lr in lrs if lr not in {row["lr"] for row in rows}]
@@ -50,11 +52,18 @@ def full_ft_sweep(cfg: Config, base: torch.nn.Module, data: TaskData) -> tuple[l
             _log(f"full fine-tuning {data.name} lr={row['lr']:g}: select {row['select_loss']:.4f}")
             rows.append(row)
             curves += c
-        nxt = beyond_edge(sorted(lrs), [_loss_at(rows, "lr", lr) for lr in sorted(lrs)])
-        if nxt is None or nxt > 1.0:
+        nxt = next_lr(sorted(lrs), [_loss_at(rows, "lr", lr) for lr in sorted(lrs)], top)
+        if nxt is None:
             break
         lrs.append(nxt)
     return sorted(rows, key=lambda row: row["lr"]), curves
+
+
+def next_lr(lrs: list[float], losses: list[float], top: float) -> float | None:
+    """The learning rate the full fine-tuning grid grows to (:func:`beyond_edge`), or None when the optimum is
+    interior or the next point would exceed ``top``."""
+    nxt = beyond_edge(lrs, losses)
+    return None if nxt is None or nxt > top else nxt
 
 
 def full_ft_point(cfg: Config, base: torch.nn.Module, data: TaskData, lr: float) -> tuple[dict, list[dict]]:
@@ -93,6 +102,7 @@ def beyond_edge(grid: list[float], losses: list[float]) -> float | None:
 def pre_registered_lr(runs: pd.DataFrame) -> dict:
     """The sweep's base_lr from the full fine-tuning runs: the grid learning rate with the lowest selection-half
     loss (the report half stays untouched by every setting). ``at_edge``: the grid could not bracket it."""
+    runs = runs.sort_values("lr")
     y = runs.select_loss.where(np.isfinite(runs.select_loss), np.inf).to_numpy(float)
     if not np.isfinite(y).any():
         raise ValueError("every full fine-tuning run diverged: no learning rate to pre-register; lower full_ft.lrs")
@@ -132,15 +142,30 @@ def sweep(cfg: Config, base: torch.nn.Module, data: TaskData) -> tuple[list[dict
         if not more:
             break
         run(more)
-    around = []
-    for r in sw.ranks:
-        grid, losses = _alpha_axis(rows, r, la.seed)
-        if np.isfinite(losses).any():
-            k = int(np.argmin(losses))
-            around += [(r, a, 1.0, seed) for a in grid[max(k - 1, 0):k + 2] for seed in sw.optimum_seeds
-                       if seed != la.seed]
-    run(around)
+    # Seeds around the seed-mean optimum; if the extra seeds move it, the new window gets them too.
+    for _ in range(len(sw.alpha_multipliers) + sw.max_extensions):
+        missing = missing_seeds(rows, sw.ranks, sw.optimum_seeds)
+        if not missing:
+            break
+        run(missing)
     return rows, curves
+
+
+def missing_seeds(rows: list[dict], ranks, seeds) -> list[tuple]:
+    """Sweep points (rank, α multiplier, 1.0, seed) still to run so that the optimum over α of the seed-mean loss
+    at base_lr (as :func:`best_alpha` finds it) and its two neighbours have every seed of ``seeds``."""
+    runs, out = pd.DataFrame(rows), []
+    for r in ranks:
+        at = runs[(runs["rank"] == r) & (runs.lr_multiplier == 1.0)]
+        grid, table = seed_table(at, "val_loss", "alpha_multiplier")
+        means = np.nanmean(center_seeds(table), axis=1)
+        if not np.isfinite(means).any():
+            continue
+        k = int(np.argmin(means))
+        done = set(zip(at.alpha_multiplier, at.seed))
+        out += [(r, float(a), 1.0, seed) for a in grid[max(k - 1, 0):k + 2] for seed in seeds
+                if (a, seed) not in done]
+    return out
 
 
 def _require_base_lr(la) -> None:
@@ -214,20 +239,43 @@ def best_alpha(runs: pd.DataFrame, lr_multiplier: float = 1.0, loss: str = "val_
     """Per rank, at lr = base_lr·``lr_multiplier``: the grid optimum of the seed-mean loss over α and α*
     interpolated by the vertex of a parabola through the best grid point and its neighbours in (log α, loss);
     α* stays the grid point when the optimum is at the grid's edge (``at_edge``: the true optimum may lie beyond
-    it). A diverged run makes its grid point's mean +inf. ``seeds``: the most seeds behind one of the three points."""
+    it). A diverged run makes its grid point's mean +inf. ``seeds``: the fewest seeds behind one of the three points
+    (the sweep runs every ``optimum_seeds`` seed at all three: :func:`missing_seeds`)."""
     sel = runs[np.isclose(runs.lr_multiplier, lr_multiplier)]
     rows = []
     for r, g in sel.groupby("rank"):
         if g.alpha.nunique() < 3:
             continue  # only the lr axis ran at this learning rate: no α optimum to find
-        y = g[loss].where(np.isfinite(g[loss]), np.inf)
-        means = y.groupby(g.alpha).mean().sort_index()
-        n = g.groupby("alpha").size().reindex(means.index)
-        k, xs, edge = alpha_vertex(np.log(means.index.to_numpy(float)), means.to_numpy(float))
-        rows.append({"rank": int(r), "lr_multiplier": lr_multiplier, "alpha_grid": float(means.index[k]),
-                     "alpha_star": float(np.exp(xs)), "best_loss": float(means.iloc[k]), "at_edge": bool(edge),
-                     "multiplier_star": float(np.exp(xs) / r), "seeds": int(n.iloc[max(k - 1, 0):k + 2].max())})
+        alphas, table = seed_table(g, loss, "alpha")
+        means = np.nanmean(center_seeds(table), axis=1)
+        n = (~np.isnan(table)).sum(1)
+        k, xs, edge = alpha_vertex(np.log(alphas), means)
+        rows.append({"rank": int(r), "lr_multiplier": lr_multiplier, "alpha_grid": float(alphas[k]),
+                     "alpha_star": float(np.exp(xs)), "best_loss": float(means[k]), "at_edge": bool(edge),
+                     "multiplier_star": float(np.exp(xs) / r), "seeds": int(n[max(k - 1, 0):k + 2].min())})
     return pd.DataFrame(rows)
+
+
+def seed_table(g: pd.DataFrame, loss: str, key: str) -> tuple[np.ndarray, np.ndarray]:
+    """(the sorted values of column ``key`` [P], losses [P, S] by seed: NaN where a seed did not run that
+    point, +inf where it diverged) of one rank's runs ``g`` (one run per (``key``, seed))."""
+    xs, seeds = np.sort(g[key].unique()), np.sort(g.seed.unique())
+    table = np.full((len(xs), len(seeds)), np.nan)
+    table[np.searchsorted(xs, g[key]), np.searchsorted(seeds, g.seed)] = (
+        g[loss].where(np.isfinite(g[loss]), np.inf).to_numpy(float))
+    return xs.astype(float), table
+
+
+def center_seeds(table: np.ndarray) -> np.ndarray:
+    """``table`` [points, seeds] minus each seed's offset: a seed that is low or high at every α does not decide
+    where the optimum lies, and a point only some seeds ran estimates the all-seed mean there. A seed's offset is
+    its median difference from the seed mean over the points every seed ran (finite), re-centred to sum to 0 —
+    the median because one of those points may sit where runs start to diverge and scatter ten times more."""
+    full = np.isfinite(table).all(1)
+    if table.shape[1] < 2 or not full.any():
+        return table
+    offset = np.median(table[full] - table[full].mean(1, keepdims=True), axis=0)
+    return table - (offset - offset.mean())
 
 
 def alpha_vertex(x: np.ndarray, y: np.ndarray) -> tuple[int, float, bool]:
@@ -242,35 +290,36 @@ def bootstrap_alpha_stars(runs: pd.DataFrame, n_boot: int = 4000, seed: int = 0,
                           level: float = 0.95) -> tuple[pd.DataFrame, dict]:
     """Uncertainty of α* per rank and of the exponent k of log α* = log C + k·log r, at base_lr.
 
-    Each replicate resamples, with replacement, the seeds behind every (rank, α) grid point (points with one
-    seed stay fixed), recomputes α* from the resampled means (grid optimum and parabola refinement, as in
-    :func:`best_alpha`), fits k by least squares and adds the fit's own uncertainty as a Student-t draw (n − 2
-    degrees of freedom, n ranks) times the replicate's standard error: with no seed noise the interval is the
-    exact t interval of the fit; seed noise and α* jumping between grid points only widen it.
+    Each replicate resamples, with replacement, the *seeds* of every rank — one draw per rank shared by all its
+    α grid points, so a seed's errors stay paired across α — and averages each grid point over the drawn seeds it
+    has (a point run with the main seed only keeps its value); seed offsets are removed first
+    (:func:`center_seeds`), as in the point estimate.
+    α* is recomputed from those means (grid optimum and parabola refinement, as in :func:`best_alpha`), k is
+    fitted by least squares, and the fit's own uncertainty is added as a Student-t draw (n − 2 degrees of
+    freedom, n ranks) times the replicate's standard error: with no seed noise the interval is the exact t
+    interval of the fit. The fit's residual scatter already contains the seed noise of α*, so the seed
+    resampling counts that noise twice: the interval errs wide (conservative), never narrow.
     Returns (per rank: alpha_star_lo / alpha_star_hi, the ``level`` percentile
-    interval; {"exponent_lo", "exponent_hi", "replicates", "bound_mc_se": the larger Monte-Carlo standard error
-    of the two bounds}). Ranks at the grid's edge in the point estimate are
-    left out of the fit, like a censored value."""
+    interval; {"exponent_lo", "exponent_hi", "replicates", "ranks": those fitted, "bound_mc_se": the larger
+    Monte-Carlo standard error of the two bounds}). Ranks at the grid's edge in the point estimate are left
+    out of the fit, like a censored value (:func:`interior_stars` gives the point fit the same ranks)."""
     rng = np.random.default_rng(seed)
     sel = runs[np.isclose(runs.lr_multiplier, 1.0)]
-    point = best_alpha(sel, loss=loss)
-    keep = point[~point.at_edge]["rank"].tolist() if len(point) else []
+    keep = interior_stars(best_alpha(sel, loss=loss))["rank"].tolist()
     groups = {}
     for r in keep:
-        g = sel[sel["rank"] == r]
-        y = g[loss].where(np.isfinite(g[loss]), np.inf)
-        groups[r] = [(math.log(a), y[g.alpha == a].to_numpy(float)) for a in sorted(g.alpha.unique())]
+        alphas, table = seed_table(sel[sel["rank"] == r], loss, "alpha")
+        groups[r] = (np.log(alphas), center_seeds(table))
     stars = np.full((n_boot, len(keep)), np.nan)
     for b in range(n_boot):
         for j, r in enumerate(keep):
-            x = np.array([lx for lx, _ in groups[r]])
-            y = np.array([v[rng.integers(0, len(v), len(v))].mean() for _, v in groups[r]])
-            stars[b, j] = alpha_vertex(x, y)[1]
+            x, table = groups[r]
+            stars[b, j] = alpha_vertex(x, resampled_means(table, rng))[1]
     q = [(1 - level) / 2 * 100, (1 + level) / 2 * 100]
     per_rank = pd.DataFrame({"rank": keep, "alpha_star_lo": np.exp(np.percentile(stars, q[0], axis=0)) if keep else [],
                              "alpha_star_hi": np.exp(np.percentile(stars, q[1], axis=0)) if keep else []})
     if len(keep) < 3:
-        return per_rank, {"exponent_lo": math.nan, "exponent_hi": math.nan, "replicates": n_boot,
+        return per_rank, {"exponent_lo": math.nan, "exponent_hi": math.nan, "replicates": n_boot, "ranks": keep,
                           "bound_mc_se": math.nan}
     x = np.log(np.asarray(keep, float))
     sxx = float(((x - x.mean()) ** 2).sum())
@@ -281,8 +330,27 @@ def bootstrap_alpha_stars(runs: pd.DataFrame, n_boot: int = 4000, seed: int = 0,
         se = math.sqrt(float(resid @ resid) / (len(x) - 2) / sxx)
         ks[b] = k + se * rng.standard_t(len(x) - 2)
     lo, hi = np.percentile(ks, q)
-    return per_rank, {"exponent_lo": float(lo), "exponent_hi": float(hi), "replicates": n_boot,
+    return per_rank, {"exponent_lo": float(lo), "exponent_hi": float(hi), "replicates": n_boot, "ranks": keep,
                       "bound_mc_se": max(quantile_mc_se(ks, q[0] / 100), quantile_mc_se(ks, q[1] / 100))}
+
+
+def interior_stars(stars: pd.DataFrame) -> pd.DataFrame:
+    """The rows of :func:`best_alpha` whose α* is interior: the ranks the exponent is fitted on (an α* at the
+    grid's edge is only a bound)."""
+    return stars[~stars.at_edge.astype(bool)] if len(stars) else stars
+
+
+def resampled_means(table: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One bootstrap replicate of the per-point means of ``table`` [points, seeds] (NaN: not run): the seeds
+    (columns) drawn with replacement once for all points; a point averages the drawn seeds it has, with their
+    multiplicity, and keeps the mean of all its seeds when it has none of them."""
+    cols = rng.integers(0, table.shape[1], table.shape[1])
+    drawn = table[:, cols]
+    have = ~np.isnan(drawn)
+    n = have.sum(1)
+    with np.errstate(invalid="ignore"):
+        mean = np.where(have, drawn, 0.0).sum(1) / n
+    return np.where(n > 0, mean, np.nanmean(table, axis=1))
 
 
 def quantile_mc_se(samples: np.ndarray, p: float) -> float:

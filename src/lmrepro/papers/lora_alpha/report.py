@@ -14,9 +14,10 @@ reasoning):
                                averaged per run over layers and steps (> 0: the drift ratio grows with the lr, not α)
   aligned_signal_slope_alpha   claim 3's other half: d log(‖S‖·cos(S, −∇L)) / d log(α multiplier), the signal's
                                component along the task gradient (> 0: raising α amplifies the task-aligned signal)
-  alpha_exponent_error_<task>  |k − 1/2| for the least-squares fit log α* = log C + k·log r at base_lr (evidence)
-  sqrt_law_interval_<task>     claim 4: from k's 95% bootstrap interval [k_lo, k_hi] (seeds resampled at every
-                               grid point, α* re-refined, the fit's t uncertainty drawn:
+  alpha_exponent_error_<task>  |k − 1/2| for the least-squares fit log α* = log C + k·log r at base_lr over the
+                               ranks whose α* is interior (evidence)
+  sqrt_law_interval_<task>     claim 4: from k's 95% bootstrap interval [k_lo, k_hi] (whole seeds resampled per
+                               rank, α* re-refined, the fit's t uncertainty drawn:
                                evaluate.bootstrap_alpha_stars): when it
                                contains 1/2, min(k_lo, 1 − k_hi) if that is > 0 (the interval also excludes 0
                                and 1: reproduced), else NaN (inconclusive); when it excludes 1/2, minus its
@@ -36,8 +37,9 @@ reasoning):
                                |loss − loss full FT| − |loss LoRA-α − loss full FT| (> 0: LoRA-α is closest)
   rank_rule_multiplier_edges   claim 5 ("remaining tuning is a narrow multiplier"): (task, rank) cases whose best
                                multiplier of the rank rule's α (selection half) lies on the edge of its grid
-  seed_std_<task>              noise: the pooled seed standard deviation of one run's validation loss (root mean
-                               of the per-point variances over the sweep's repeated points); the comparative
+  seed_std_<task>              noise: the pooled seed standard deviation of one run's validation loss at its best
+                               setting (root mean of the per-point variances over each rank's optimum at
+                               base_lr, 3 seeds each: report.noise); the comparative
                                claims' margins are multiples of it (claims.yaml): 2 standard deviations of the
                                metric for independent runs, ×2√2 for a difference of two runs, ×4 for a
                                difference of two differences
@@ -56,7 +58,7 @@ import pandas as pd
 
 from ...paths import Paths
 from . import artifacts
-from .evaluate import LORA_STYLE, best_alpha, bootstrap_alpha_stars, fit_alpha_law
+from .evaluate import LORA_STYLE, best_alpha, bootstrap_alpha_stars, fit_alpha_law, interior_stars
 
 TASKS = ("domain", "reasoning")
 VANILLA = ("lora_2r", "lora_16")
@@ -98,7 +100,8 @@ def alpha_fits(sweep_runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
             if ba.empty or ba["rank"].nunique() < 2:
                 continue
             stars.append(ba.assign(task=task))
-            fit = fit_alpha_law(ba["rank"], ba["alpha_star"])
+            inner = interior_stars(ba)  # an α* at the grid's edge is a bound: not fitted (as in the bootstrap)
+            fit = fit_alpha_law(inner["rank"], inner["alpha_star"])
             fits.append({"task": task, "lr_multiplier": lm, **fit, "ranks": int(len(ba)),
                          "at_edge": int(ba.at_edge.sum())})
     cat = (lambda xs: pd.concat(xs, ignore_index=True) if xs else pd.DataFrame())
@@ -147,7 +150,10 @@ def alpha_vs_lr_gap(sweep_runs: pd.DataFrame, task: str) -> tuple[float, dict]:
 
 def noise(sweep_runs: pd.DataFrame, task: str) -> dict:
     """Seed-to-seed spread of the sweep's repeated points (same α, lr and rank, other seeds): the std of the
-    validation loss over seeds, per rank, and its mean."""
+    validation loss over seeds at every repeated point (evidence), and ``seed_std_pooled``, the root mean square
+    of it over each rank's optimum (the grid point of :func:`best_alpha` at base_lr) — the noise of a run at its
+    best setting, which is where the methods are compared; points past an optimum, where runs start to diverge,
+    scatter far more and would set the margin by the wrong runs."""
     runs = sweep_runs[sweep_runs.task == task] if len(sweep_runs) else sweep_runs
     if runs.empty or runs.seed.nunique() < 2:
         return {}
@@ -156,8 +162,13 @@ def noise(sweep_runs: pd.DataFrame, task: str) -> dict:
     if repeated.empty:
         return {}
     std = repeated.groupby(keys).val_loss.std()
+    best = best_alpha(runs)
+    at_optimum = [(int(r), a / r, 1.0) for r, a in zip(best["rank"], best.alpha_grid)] if len(best) else []
+    at = std[[k in set(at_optimum) for k in std.index]]
     return {"seed_std": {f"r={r} α×{a:g} lr×{m:g}": round(float(v), 5) for (r, a, m), v in std.items()},
-            "seed_std_mean": round(float(std.mean()), 5), "seed_std_pooled": float(np.sqrt((std ** 2).mean())),
+            "seed_std_at_optimum": {f"r={r} α×{a:g}": round(float(v), 5) for (r, a, _), v in at.items()},
+            "seed_std_all_points_pooled": round(float(np.sqrt((std ** 2).mean())), 5),
+            "seed_std_pooled": float(np.sqrt((at ** 2).mean())) if len(at) else math.nan,
             "seeds": int(repeated.seed.nunique())}
 
 
@@ -249,8 +260,9 @@ def exponent_metrics(stars: pd.DataFrame, fits: pd.DataFrame, sweep_runs: pd.Dat
     at_base = sweep_runs[(sweep_runs.task == task) & np.isclose(sweep_runs.lr_multiplier, 1.0)]
     ev = {"base_lr": float(at_base.lr.iloc[0]) if "lr" in at_base and len(at_base) else math.nan,
           "exponent": round(float(fit.exponent), 4), "exponent_95_interval": [round(lo, 4), round(hi, 4)],
-          "interval": f"bootstrap, {boot['replicates']} replicates: seeds resampled at every grid point, α* "
-                      "re-refined, the fit's Student-t uncertainty drawn",
+          "interval": f"bootstrap, {boot['replicates']} replicates: whole seeds resampled per rank (paired "
+                      "across α), α* re-refined, the fit's Student-t uncertainty drawn (counts seed noise twice: "
+                      "errs wide)", "fitted_ranks": [int(r) for r in boot["ranks"]],
           "C": round(float(fit.C), 3), "C_sqrt": round(float(fit.C_sqrt), 3),
           "r2": round(float(fit.r2), 4),
           "alpha_star_by_rank": dict(zip(st["rank"].astype(int), st.alpha_star.round(3))),
