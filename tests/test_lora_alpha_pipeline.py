@@ -366,7 +366,7 @@ def noisy_sweep(rng, k: float = 0.5, scatter: float = 0.1, sigma: float = 0.01, 
     for r in ranks:
         for am in grid:
             run(r, am, 0)
-    while more := missing_seeds(rows, ranks, seeds):
+    while more := missing_seeds(rows, ranks, seeds, 0):
         for r, am, _, seed in more:
             run(r, am, seed)
     return pd.DataFrame(rows)
@@ -588,9 +588,10 @@ def test_paper_profile_path_on_a_tiny_hf_llama(hf_project, monkeypatch):
         main = runs[runs.seed == cfg.lora_alpha.seed]
         assert len(main) >= len(cfg.lora_alpha.sweep.rank_grid())
         assert set(main[main.lr_multiplier == 1].lr) == {lora_eval.pre_registered_lr(ft)["base_lr"]}
-        for r, g in runs[runs.seed != cfg.lora_alpha.seed].groupby("rank"):  # repeats: the optimum, neighbours
-            axis = main[(main["rank"] == r) & (main.lr_multiplier == 1)].set_index("alpha_multiplier").val_loss
-            assert axis.idxmin() in set(g.alpha_multiplier) and len(g) <= 3
+        # Repeats: every seed at the seed-mean optimum and both neighbours (they follow it if the seeds move it).
+        stars = lora_eval.best_alpha(runs)
+        assert len(stars) == len(cfg.lora_alpha.sweep.ranks)
+        assert (stars.seeds == len({cfg.lora_alpha.seed, *cfg.lora_alpha.sweep.optimum_seeds})).all()
         assert runs.val_loss.notna().all() and (runs.scaling == runs.alpha_multiplier).all()
         C = lora_eval.fitted_C(runs)
         assert math.isfinite(C) and C > 0
@@ -655,18 +656,31 @@ def test_alpha_star_and_its_interval_ignore_a_seed_offset_shared_by_every_alpha(
 
 def test_missing_seeds_follow_the_seed_mean_optimum():
     """Extra seeds go to the seed-mean optimum and both neighbours; when they move the optimum, the new window's
-    points are added."""
+    points are added, and past the grid's edge when they move it there."""
     from lmrepro.papers.lora_alpha.evaluate import missing_seeds
 
     def row(am, seed, loss):
         return {"rank": 4, "alpha_multiplier": float(am), "lr_multiplier": 1.0, "seed": seed, "val_loss": loss}
 
     main = [row(am, 0, loss) for am, loss in zip([1, 4, 16, 64, 256], [3.0, 2.5, 2.0, 2.1, 2.6])]
-    assert sorted(missing_seeds(main, [4], [1, 2])) == [(4, a, 1.0, s) for a in (4.0, 16.0, 64.0) for s in (1, 2)]
+    assert sorted(missing_seeds(main, [4], [1, 2], 0)) == [(4, a, 1.0, s) for a in (4.0, 16.0, 64.0) for s in (1, 2)]
     # Seeds 1 and 2 find 64 better than 16: the window moves up and 256 needs them too.
     extra = [row(am, s, {4: 2.6, 16: 2.3, 64: 1.9}[am]) for am in (4, 16, 64) for s in (1, 2)]
-    assert sorted(missing_seeds(main + extra, [4], [1, 2])) == [(4, 256.0, 1.0, 1), (4, 256.0, 1.0, 2)]
-    assert missing_seeds(main + extra + [row(256, s, 2.7) for s in (1, 2)], [4], [1, 2]) == []
+    assert sorted(missing_seeds(main + extra, [4], [1, 2], 0)) == [(4, 256.0, 1.0, 1), (4, 256.0, 1.0, 2)]
+    assert missing_seeds(main + extra + [row(256, s, 2.7) for s in (1, 2)], [4], [1, 2], 0) == []
+    # Seeds that move the optimum onto the grid's edge grow the grid past it (main seed first, then the others).
+    edge = [row(am, s, {16: 2.4, 64: 2.2, 256: 1.5}[am]) for am in (16, 64, 256) for s in (1, 2)]
+    assert sorted(missing_seeds(main + edge, [4], [1, 2], 0)) == [(4, 1024.0, 1.0, 0)]
+    grown = main + edge + [row(1024, 0, 2.0)]
+    assert sorted(missing_seeds(grown, [4], [1, 2], 0)) == [(4, 1024.0, 1.0, 1), (4, 1024.0, 1.0, 2)]
+
+
+def test_seed_table_refuses_a_repeated_run():
+    from lmrepro.papers.lora_alpha.evaluate import seed_table
+
+    g = pd.DataFrame({"alpha": [4.0, 4.0, 16.0], "seed": [0, 0, 0], "val_loss": [2.0, 9.0, 1.0]})
+    with pytest.raises(ValueError, match="repeat"):
+        seed_table(g, "val_loss", "alpha")
 
 
 def test_full_ft_grid_stops_where_the_lora_sweep_could_not_use_the_optimum():

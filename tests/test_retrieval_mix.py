@@ -155,7 +155,7 @@ def test_repeat_row_that_cannot_fit_is_refused(stream):
 
 @pytest.mark.parametrize("kind", ["single_needle", "recall", "multiquery"])
 def test_answer_weights_fall_exactly_on_the_value_tokens(stream, kind):
-    """Pilot rounds 3–5 (pilot_weighted): the weighted labels of a synthetic row are the tokens of its values,
+    """Pilot rounds 3–6 (pilot_weighted): the weighted labels of a synthetic row are the tokens of its values,
     where the row writes them, or a repeat row's copied span; plain rows keep weight 1."""
     from lmrepro.papers.hybrid_attention.pilot_weighted import answer_mask, batch_weights
 

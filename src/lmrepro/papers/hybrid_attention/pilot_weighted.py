@@ -3,7 +3,8 @@
 Rounds 1–2 (:mod:`.pilot`) found two answer tokens a row too little signal against the thousands of
 language-modelling tokens of a step. Here every token a synthetic row asks the model to reproduce — values, and
 the copied span of a repeat row (:func:`answer_mask`) — counts ``weight`` times in a weighted mean of the token
-losses; everything else is the round-2 setup (same model, data, measures from :func:`.pilot.measure`).
+losses; everything else is the round-2 setup (same model, data, measures from :func:`.pilot.measure`), in
+fp32 on the CPU (the loop has no device placement or autocast).
 
 Why a loop of its own instead of :class:`lmrepro.train.Trainer`: the Trainer's loss is uniform over tokens,
 and every training stage of the project depends on that file; a pilot question should not make them all

@@ -163,8 +163,10 @@ def noise(sweep_runs: pd.DataFrame, task: str) -> dict:
         return {}
     std = repeated.groupby(keys).val_loss.std()
     best = best_alpha(runs)
-    at_optimum = [(int(r), a / r, 1.0) for r, a in zip(best["rank"], best.alpha_grid)] if len(best) else []
-    at = std[[k in set(at_optimum) for k in std.index]]
+    optimum = dict(zip(best["rank"], best.alpha_grid)) if len(best) else {}
+    alpha = repeated.groupby(keys).alpha.first()  # the α of each repeated point (multiplier × rank)
+    at = std[[m == 1.0 and r in optimum and bool(np.isclose(alpha[(r, a, m)], optimum[r]))
+              for r, a, m in std.index]]
     return {"seed_std": {f"r={r} α×{a:g} lr×{m:g}": round(float(v), 5) for (r, a, m), v in std.items()},
             "seed_std_at_optimum": {f"r={r} α×{a:g}": round(float(v), 5) for (r, a, _), v in at.items()},
             "seed_std_all_points_pooled": round(float(np.sqrt((std ** 2).mean())), 5),
@@ -262,13 +264,15 @@ def exponent_metrics(stars: pd.DataFrame, fits: pd.DataFrame, sweep_runs: pd.Dat
           "exponent": round(float(fit.exponent), 4), "exponent_95_interval": [round(lo, 4), round(hi, 4)],
           "interval": f"bootstrap, {boot['replicates']} replicates: whole seeds resampled per rank (paired "
                       "across α), α* re-refined, the fit's Student-t uncertainty drawn (counts seed noise twice: "
-                      "errs wide)", "fitted_ranks": [int(r) for r in boot["ranks"]],
+                      "wider than the fit's own t interval)", "fitted_ranks": [int(r) for r in boot["ranks"]],
           "C": round(float(fit.C), 3), "C_sqrt": round(float(fit.C_sqrt), 3),
           "r2": round(float(fit.r2), 4),
           "alpha_star_by_rank": dict(zip(st["rank"].astype(int), st.alpha_star.round(3))),
-          "alpha_star_95_interval_by_rank": {int(r): [round(a, 3), round(b, 3)] for r, a, b in
-                                             per_rank[["rank", "alpha_star_lo", "alpha_star_hi"]].itertuples(
-                                                 index=False)},
+          # 3 seeds give a whole-seed bootstrap 10 outcomes: these bands are about the range of per-seed α*
+          "alpha_star_seed_range_by_rank": {int(r): [round(a, 3), round(b, 3)] for r, a, b in
+                                            per_rank[["rank", "alpha_star_lo", "alpha_star_hi"]].itertuples(
+                                                index=False)},
+          "exponent_t_interval_without_seed_resampling": t_interval(st, 0.95),
           "seeds_at_optimum_by_rank": dict(zip(st["rank"].astype(int), st.seeds.astype(int))),
           "at_edge_by_rank": dict(zip(st["rank"].astype(int), st.at_edge.astype(bool))),
           "exponent_at_other_lrs": {f"lr×{lm:g}": round(float(k), 3) for lm, k in
@@ -277,6 +281,20 @@ def exponent_metrics(stars: pd.DataFrame, fits: pd.DataFrame, sweep_runs: pd.Dat
         ev["note"] = "more than half of the ranks have alpha* at the edge of the grid: the fit is censored"
     evidence.update({n: ev for n in names})
     return values, evidence
+
+
+def t_interval(stars: pd.DataFrame, level: float) -> list[float]:
+    """The least-squares fit's own Student-t interval of the exponent over the interior α* (no seed resampling),
+    for comparison with the bootstrap; [NaN, NaN] with fewer than 3 ranks."""
+    from scipy import stats
+
+    inner = interior_stars(stars)
+    if len(inner) < 3:
+        return [math.nan, math.nan]
+    x, y = np.log(inner["rank"].to_numpy(float)), np.log(inner.alpha_star.to_numpy(float))
+    fit = stats.linregress(x, y)
+    half = stats.t.ppf((1 + level) / 2, len(x) - 2) * fit.stderr
+    return [round(float(fit.slope - half), 4), round(float(fit.slope + half), 4)]
 
 
 def method_table(summary: pd.DataFrame, task: str) -> pd.DataFrame:
