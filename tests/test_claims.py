@@ -117,6 +117,18 @@ def test_margin_is_a_multiple_of_the_measured_noise(gap, noise, expected):
     assert row["criterion"].startswith("gap < 0 ± 2·se (= ")
 
 
+@pytest.mark.parametrize("gap,noise,margin,expected", [
+    (0.01, 0.0, 0.02, "inconclusive"),     # two seeds that agree exactly: the floor, not a zero margin
+    (0.03, 0.0, 0.02, "reproduced"),
+    (0.03, 0.02, 0.04, "inconclusive"),    # a larger measured noise wins over the floor
+])
+def test_noise_margin_has_a_floor(gap, noise, margin, expected):
+    crit = {"c": Claim("X helps", "gap", ">", 0.0, noise_metric="se", margin_noise_multiple=2.0, margin_floor=0.02)}
+    (row,) = build_ledger(crit, {"gap": gap, "se": noise})
+    assert row["margin"] == pytest.approx(margin) and row["verdict"] == expected
+    assert row["criterion"] == f"gap > 0 ± max(0.02, 2·se) (= {margin:.3g})"
+
+
 def test_noise_multiple_needs_a_noise_metric():
     with pytest.raises(ValueError, match="needs a noise_metric"):
         Claim("s", "m", "<", 0.0, margin_noise_multiple=2.0)

@@ -306,3 +306,21 @@ def test_derive_validates_like_the_file():
         derive(cfg.train, "hybrid_attention.train", micro_batch_size=3)
     with pytest.raises(ConfigError, match=r"^x\.lr_rate: unknown key"):
         derive(cfg.train, "x", lr_rate=1.0)
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_every_profile_holds_every_key_a_stage_reads_from_it(profile):
+    """DVC reads a stage's `profiles/${profile}.yaml: [...]` keys from the profile file itself (no merge onto
+    params.yaml): a key one profile leaves out stops every stage that declares it under that profile (a missing
+    key must be written out, as null where the schema allows it)."""
+    raw = BASE["profiles"][profile]
+    dvc_files = [ROOT / "dvc.yaml", *sorted((ROOT / "pipelines").glob("*/dvc.yaml"))]
+    for dvc_file in dvc_files:
+        for name, stage in yaml12.loads(dvc_file.read_text())["stages"].items():
+            for entry in (stage.get("do", stage)).get("params", []):
+                for key in (entry.get("profiles/${profile}.yaml", []) if isinstance(entry, dict) else []):
+                    node = raw
+                    for part in key.split("."):
+                        assert isinstance(node, dict) and part in node, \
+                            f"{dvc_file.relative_to(ROOT)} {name}: profiles/{profile}.yaml has no {key}"
+                        node = node[part]

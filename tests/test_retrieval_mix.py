@@ -4,13 +4,14 @@ a pure function of (seed, step), and the trainer's fingerprint tells mixed runs 
 from __future__ import annotations
 
 import sysconfig
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
 from lmrepro.data import ChunkSampler, ShardedTokens, train_bpe_tokenizer, write_shards
-from lmrepro.data.retrieval_mix import MIX_KINDS, RECALL_STATEMENT, MixedSampler, RetrievalMix, Row
+from lmrepro.data.retrieval_mix import MIX_KINDS, RECALL_STATEMENT, MixedSampler, RetrievalMix, Row, answer_mask
 from lmrepro.data.synthetic import NEEDLE_TEMPLATE
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
@@ -155,14 +156,14 @@ def test_repeat_row_that_cannot_fit_is_refused(stream):
 
 @pytest.mark.parametrize("kind", ["single_needle", "recall", "multiquery"])
 def test_answer_weights_fall_exactly_on_the_value_tokens(stream, kind):
-    """Pilot rounds 3–6 (pilot_weighted): the weighted labels of a synthetic row are the tokens of its values,
-    where the row writes them, or a repeat row's copied span; plain rows keep weight 1."""
-    from lmrepro.papers.hybrid_attention.pilot_weighted import answer_mask, batch_weights
-
+    """The weighted labels of a synthetic row (MixedSampler.weights) are the tokens of its values, where the
+    row writes them, or a repeat row's copied span; plain rows keep weight 1."""
     tok, _ = stream
     s = sampler(stream, kinds=(kind, "repeat"), min_distance=60)
+    assert s.weights(0, 8) is None  # answer_weight 1: the plain loss
+    s = MixedSampler(s.base, replace(s.mix, answer_weight=7.0), tok)
     for step in range(4):
-        w = batch_weights(s, step, 8, 7.0, tok)
+        w = s.weights(step, 8)
         assert w.shape == (8, SEQ)
         where = s.positions(step, 8)
         for r in range(8):
@@ -187,3 +188,54 @@ def test_answer_weights_fall_exactly_on_the_value_tokens(stream, kind):
                 n = len(tok.encode(" " + value, add_special_tokens=False).ids)
                 assert tok.decode(labels[target - 1:target - 1 + n].tolist()).strip() == value
                 assert mask[target - 1:target - 1 + n].all()
+
+
+# ------------------------------------------------------------ the Trainer on a weighted mixed stream
+def _weighted_trainer(stream, make_spec, make_train_config, root, weight=16.0, **cfg_kw):
+    from lmrepro.train import Trainer
+
+    tok, tokens = stream
+    cfg = make_train_config(**{"seq_len": 160, "batch_size": 4, "micro_batch_size": 2, "max_tokens": 4 * 160 * 6,
+                               "save_every_steps": 2, "checkpoint_tokens": [], "eval_every_steps": None, **cfg_kw})
+    mix = RetrievalMix(share=0.5, kinds=("single_needle", "recall"), value_digits=3, min_distance=20, seed=5,
+                       recall_pairs=1, answer_weight=weight)
+    s = MixedSampler(ChunkSampler(tokens, cfg.seq_len, cfg.seed), mix, tok)
+    spec = make_spec(vocab_size=tok.get_vocab_size(), max_seq_len=cfg.seq_len)
+    return Trainer(spec, cfg, tokens.directory, root / "out", root / "ckpt", progress=False, sampler=s), s, cfg
+
+
+def test_trainer_loss_is_the_weighted_mean_over_the_global_batch(stream, make_spec, make_train_config, tmp_path):
+    """Step 1's logged loss and the weights it trains on are Σ w·CE / Σ w of the initial model on batch 0,
+    with w = answer_weight on the answer labels (two micro-batches: the normalizer is the global total)."""
+    import torch.nn.functional as F
+    from accelerate.utils import set_seed
+
+    from lmrepro.models import DecoderLM
+
+    t, s, cfg = _weighted_trainer(stream, make_spec, make_train_config, tmp_path, max_tokens=4 * 160)
+    result = t.fit()
+    set_seed(cfg.seed)
+    model = DecoderLM(t.spec)
+    batch, w = s.batch(0, 4), s.weights(0, 4)
+    assert w.max() == 16.0 and (w == 16.0).sum() >= 2 * 3  # two synthetic rows, >= 3 value tokens each
+    ce = F.cross_entropy(model(batch[:, :-1]).flatten(0, 1), batch[:, 1:].flatten(), reduction="none")
+    expected = (ce * w.flatten()).sum() / w.sum()
+    assert result.rows[0]["loss"] == pytest.approx(expected.item(), rel=1e-6)
+    assert abs(expected.item() - ce.mean().item()) > 1e3 * abs(result.rows[0]["loss"] - expected.item())
+
+
+def test_weighted_run_resumes_bit_identically_and_has_its_own_fingerprint(stream, make_spec, make_train_config,
+                                                                           tmp_path):
+    from lmrepro.train import load_model
+
+    full, _, _ = _weighted_trainer(stream, make_spec, make_train_config, tmp_path / "a")
+    full.fit()
+    part, _, _ = _weighted_trainer(stream, make_spec, make_train_config, tmp_path / "b")
+    assert not part.fit(until_step=3).completed
+    again, _, _ = _weighted_trainer(stream, make_spec, make_train_config, tmp_path / "b")
+    assert again.fit().resumed_from_step == 3
+    a, b = load_model(tmp_path / "a/out/final"), load_model(tmp_path / "b/out/final")
+    for (name, p), q in zip(a.named_parameters(), b.parameters()):
+        assert torch.equal(p, q), name
+    other, _, _ = _weighted_trainer(stream, make_spec, make_train_config, tmp_path / "c", weight=32.0)
+    assert len({full.fingerprint, other.fingerprint}) == 2

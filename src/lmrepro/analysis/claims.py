@@ -75,6 +75,8 @@ class Claim:
     margin_source: str = "fixed before the first run as a round number (no noise estimate)"
     noise_metric: str | None = None
     margin_noise_multiple: float | None = bounded(None, min=0.0, doc="margin = this × the measured noise_metric")
+    margin_floor: float = bounded(0.0, min=0.0, doc="the smallest noise-based margin (a metric measured on few "
+                                  "samples can agree exactly across seeds)")
     precondition: Precondition | None = None
     by_construction: bool = False
     revisions: list[Revision] = field(default_factory=list)
@@ -94,14 +96,18 @@ class Claim:
         (NaN when the noise could not be measured: the verdict is then inconclusive)."""
         if self.margin_noise_multiple is None:
             return self
-        margin = self.margin_noise_multiple * noise if noise is not None and math.isfinite(noise) else math.nan
-        return replace(self, margin=margin)
+        if noise is None or not math.isfinite(noise):
+            return replace(self, margin=math.nan)
+        return replace(self, margin=max(self.margin_floor, self.margin_noise_multiple * noise))
 
     @property
     def criterion(self) -> str:
         head = f"{self.metric} {self.op} {self.threshold:g}"
         if self.margin_noise_multiple is not None:
-            return head + f" ± {self.margin_noise_multiple:g}·{self.noise_metric} (= {self.margin:.3g})"
+            noise = f"{self.margin_noise_multiple:g}·{self.noise_metric}"
+            if self.margin_floor:
+                noise = f"max({self.margin_floor:g}, {noise})"
+            return head + f" ± {noise} (= {self.margin:.3g})"
         return head + (f" ± {self.margin:g}" if self.margin else "")
 
 

@@ -55,6 +55,7 @@ class RetrievalMix:
     recall_pairs: int = 4
     repeat_tokens: int = 32
     repeat_vocab: int | None = None
+    answer_weight: float = 1.0  # loss weight of every answer label (answer_mask); 1: the plain LM loss
 
     def __post_init__(self):
         if not 0 < self.share < 1:
@@ -69,12 +70,15 @@ class RetrievalMix:
         v = self.repeat_vocab
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 2):
             raise ValueError(f"repeat_vocab must be None (haystack spans) or an int >= 2, got {v!r}")
+        if not (isinstance(self.answer_weight, (int, float)) and self.answer_weight >= 1):
+            raise ValueError(f"answer_weight must be a number >= 1, got {self.answer_weight!r}")
 
     def describe(self) -> dict:
         """The fields, for run fingerprints and provenance."""
         return {"share": self.share, "kinds": list(self.kinds), "value_digits": self.value_digits,
                 "min_distance": self.min_distance, "seed": self.seed, "recall_pairs": self.recall_pairs,
-                "repeat_tokens": self.repeat_tokens, "repeat_vocab": self.repeat_vocab}
+                "repeat_tokens": self.repeat_tokens, "repeat_vocab": self.repeat_vocab,
+                "answer_weight": self.answer_weight}
 
     def rows_per_batch(self, batch_size: int) -> int:
         n = round(self.share * batch_size)
@@ -151,6 +155,24 @@ def repeat_row(hay: np.ndarray, length: int, span: int, min_distance: int, rng: 
     return Row(ids, REPEAT, (), ((start, length - span),))
 
 
+def answer_mask(row: Row, tokenizer) -> torch.Tensor:
+    """[len(row.ids) − 1] bool over the *label* positions of ``row`` (label i is ``row.ids[i + 1]``): True
+    where the row asks the model to reproduce something from earlier in it — in a recall row each
+    ``" " + value`` from its target on; a RULER prompt and a repeat row end with what is asked for (a RULER
+    answer, several values joined by ","; the repeated span), from the target on."""
+    mask = torch.zeros(len(row.ids) - 1, dtype=torch.bool)
+    if row.kind != RECALL:
+        mask[min(t for _, t in row.pairs) - 1:] = True
+    pairs = zip(row.pairs, row.values) if row.kind == RECALL else list(zip(row.pairs, row.values))[:1]
+    for (_, target), value in pairs:  # the first value of a RULER answer starts at its target
+        ids = tokenizer.encode(" " + value, add_special_tokens=False).ids
+        n = len(ids)
+        if row.ids[target:target + n] != ids:
+            raise ValueError(f"row {row.kind}: the tokens at {target} are not those of value {value!r}")
+        mask[target - 1:target - 1 + n] = True
+    return mask
+
+
 class MixedSampler:
     """A :class:`ChunkSampler` whose batches carry the synthetic rows of ``mix`` (module doc).
 
@@ -166,6 +188,11 @@ class MixedSampler:
         self.base, self.mix, self.tokenizer = base, mix, tokenizer
         self.seq_len = base.seq_len
         self._hay_len = min(len(base.tokens), _HAYSTACK_WINDOWS * (base.seq_len + 1))
+        self._rows: dict[tuple[int, int], Row] = {}  # the last step's rows: batch() and weights() share them
+
+    def describe(self) -> dict:
+        """What makes this stream differ from its base (for the Trainer's run fingerprint)."""
+        return {"retrieval_mix": self.mix.describe(), "base": {"seq_len": self.base.seq_len, "seed": self.base.seed}}
 
     def epoch_of(self, step: int, batch_size: int) -> int:
         return self.base.epoch_of(step, batch_size)
@@ -178,6 +205,13 @@ class MixedSampler:
 
     def row(self, step: int, row: int) -> Row:
         """The synthetic sequence of (step, row): ``seq_len + 1`` tokens, every value >= min_distance back."""
+        if (step, row) not in self._rows:
+            if any(s != step for s, _ in self._rows):
+                self._rows.clear()
+            self._rows[step, row] = self._make_row(step, row)
+        return self._rows[step, row]
+
+    def _make_row(self, step: int, row: int) -> Row:
         kind = self.mix.kinds[(step + row) % len(self.mix.kinds)]
         tokens = self.base.tokens
         for attempt in range(_MAX_TRIES):
@@ -205,4 +239,14 @@ class MixedSampler:
         out = self.base.batch(step, batch_size)
         for row in self.positions(step, batch_size):
             out[row] = torch.tensor(self.row(step, row).ids, dtype=torch.long)
+        return out
+
+    def weights(self, step: int, batch_size: int) -> torch.Tensor | None:
+        """[batch_size, seq_len] loss weights of batch ``step``: ``mix.answer_weight`` on the answer labels of
+        its synthetic rows (:func:`answer_mask`), 1 elsewhere; None when ``answer_weight`` is 1 (plain loss)."""
+        if self.mix.answer_weight == 1:
+            return None
+        out = torch.ones(batch_size, self.seq_len)
+        for r in self.positions(step, batch_size):
+            out[r][answer_mask(self.row(step, r), self.tokenizer)] = self.mix.answer_weight
         return out

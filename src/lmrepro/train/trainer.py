@@ -4,6 +4,12 @@ bf16 autocast on CUDA (fp32 on CPU), clipping, token-budget snapshots and exact 
 Data position is the optimizer step: ``ChunkSampler.batch(step, batch_size)`` is a pure function of
 the step, every process draws the same global batch and keeps its own slice, so resume and
 multi-process runs see exactly the data a single uninterrupted process would.
+
+A caller may pass its own ``sampler`` (e.g. :class:`lmrepro.data.retrieval_mix.MixedSampler`): anything with
+``seq_len``, ``batch(step, batch_size)``, ``describe()`` (part of the run fingerprint) and ``weights(step, batch_size)``
+([batch_size, seq_len] per-label loss weights, or None for the plain token mean). With weights the loss is
+Σ w·CE / Σ w over the global batch — a pure function of the step too, so resume and process count still do
+not change it.
 """
 
 from __future__ import annotations
@@ -83,7 +89,7 @@ class Trainer:
     def __init__(self, spec: LMSpec, cfg: TrainConfig, train_dir: str | Path, out_dir: str | Path,
                  ckpt_dir: str | Path, val_dir: str | Path | None = None, log_path: str | Path | None = None,
                  provenance_path: str | Path | None = None, run_config: Any = None,
-                 accelerator: Accelerator | None = None, progress: bool = True):
+                 accelerator: Accelerator | None = None, progress: bool = True, sampler=None):
         self.spec, self.cfg = spec, cfg
         self.accelerator = accelerator or make_accelerator(cfg.precision)
         self.train_tokens = ShardedTokens(train_dir)
@@ -91,13 +97,18 @@ class Trainer:
         if self.train_tokens.vocab_size > spec.vocab_size:
             raise ValueError(f"shards in {train_dir} use vocab {self.train_tokens.vocab_size} "
                              f"> model vocab {spec.vocab_size}")
-        self.sampler = ChunkSampler(self.train_tokens, cfg.seq_len, cfg.seed)
+        if sampler is not None and sampler.seq_len != cfg.seq_len:
+            raise ValueError(f"sampler yields rows of seq_len {sampler.seq_len}; the training config has {cfg.seq_len}")
+        self.sampler = sampler if sampler is not None else ChunkSampler(self.train_tokens, cfg.seq_len, cfg.seed)
         self.out_dir, self.log_path = Path(out_dir), Path(log_path) if log_path else None
         self.provenance_path = Path(provenance_path) if provenance_path else None
         self.run_config, self.progress = run_config, progress
         semantic = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _NON_SEMANTIC}
         data_id = sorted(s["sha256"] for s in self.train_tokens.index["shards"])
-        self.fingerprint = fingerprint({"spec": dataclasses.asdict(spec), "train": semantic, "data": data_id})
+        identity = {"spec": dataclasses.asdict(spec), "train": semantic, "data": data_id}
+        if sampler is not None:  # plain runs keep the fingerprint (and checkpoints) they always had
+            identity["sampler"] = sampler.describe()
+        self.fingerprint = fingerprint(identity)
         self.run_dir = Path(ckpt_dir)  # locked while training (one trainer per run folder)
         self.ckpt_dir = self.run_dir / self.fingerprint
         self._earlier_backends: dict[str, str] = {}  # op backends of the steps before a resume
@@ -177,6 +188,11 @@ class Trainer:
         for step in range(start, stop):
             batch = self.sampler.batch(step, cfg.batch_size)[rank * per_proc:(rank + 1) * per_proc]
             micro = batch.split(cfg.micro_batch_size)
+            weights = self._weights(step)
+            # The loss is a sum over labels ÷ the global label count (or weight total, with weights).
+            norm = global_tokens if weights is None else float(weights.sum())
+            if weights is not None:
+                weights = weights[rank * per_proc:(rank + 1) * per_proc].split(cfg.micro_batch_size)
             loss_sum = torch.zeros((), device=acc.device, dtype=torch.float64)
             for i, mb in enumerate(micro):
                 mb = mb.to(acc.device)
@@ -184,16 +200,20 @@ class Trainer:
                 sync = contextlib.nullcontext() if i == len(micro) - 1 else acc.no_sync(model)
                 with sync, acc.autocast():
                     logits = model(mb[:, :-1])
-                    loss = F.cross_entropy(logits.float().flatten(0, 1), mb[:, 1:].flatten(), reduction="sum")
-                    # Sum over tokens / global token count; × world undoes DDP's gradient averaging.
-                    acc.backward(loss * (world / global_tokens))
+                    if weights is None:
+                        loss = F.cross_entropy(logits.float().flatten(0, 1), mb[:, 1:].flatten(), reduction="sum")
+                    else:
+                        ce = F.cross_entropy(logits.float().flatten(0, 1), mb[:, 1:].flatten(), reduction="none")
+                        loss = (ce * weights[i].to(acc.device).flatten()).sum()
+                    # × world undoes DDP's gradient averaging.
+                    acc.backward(loss * (world / norm))
                 loss_sum += loss.detach().double()
             grad_norm = self._clip(model)
             lr = scheduler.get_last_lr()[0]
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            loss_value = acc.reduce(loss_sum, reduction="sum").item() / global_tokens
+            loss_value = acc.reduce(loss_sum, reduction="sum").item() / norm
             done = step + 1
             tokens = done * global_tokens
             row = {"step": done, "tokens": tokens, "loss": loss_value, "lr": lr, "grad_norm": grad_norm}
@@ -227,6 +247,11 @@ class Trainer:
         budget_dirs = {b: self.out_dir / f"budget-{b}" for b in budgets}
         return TrainResult(rows, final_dir, budget_dirs, resumed_from_step=start or None, completed=completed,
                            step=max(start, stop))
+
+    def _weights(self, step: int) -> torch.Tensor | None:
+        """[batch_size, seq_len] loss weights of the global batch ``step``, or None (plain token mean)."""
+        weights = getattr(self.sampler, "weights", None)
+        return None if weights is None else weights(step, self.cfg.batch_size)
 
     def _stop_reason(self, watch: Watch) -> str | None:
         """The watch's reason to stop, agreed by every process (each stops at the same step)."""

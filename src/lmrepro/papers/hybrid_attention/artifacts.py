@@ -22,16 +22,22 @@ def results(paths: Paths) -> Path:
 
 
 def models(paths: Paths, arch: str) -> Path:
-    """Final weights and budget snapshots of every size of ``arch`` (one DVC output per architecture)."""
+    """Final weights and budget snapshots of every size and seed of ``arch`` (one DVC output per architecture)."""
     return paths.paper_data(PAPER) / "models" / arch
 
 
-def run_dirs(paths: Paths, arch: str, size: str) -> dict[str, Path]:
-    """The Trainer's folders and files for one architecture at one size."""
-    return {"out": models(paths, arch) / size,
-            "ckpt": paths.paper_checkpoints(PAPER) / arch / size,
-            "log": results(paths) / "train" / arch / f"{size}.csv",
-            "provenance": results(paths) / "train" / arch / f"{size}.provenance.json"}
+def run_name(size: str, seed: int) -> str:
+    """One training run of an architecture: a size and a seed."""
+    return f"{size}-seed{seed}"
+
+
+def run_dirs(paths: Paths, arch: str, size: str, seed: int) -> dict[str, Path]:
+    """The Trainer's folders and files for one architecture at one size and seed."""
+    name = run_name(size, seed)
+    return {"out": models(paths, arch) / name,
+            "ckpt": paths.paper_checkpoints(PAPER) / arch / name,
+            "log": results(paths) / "train" / arch / f"{name}.csv",
+            "provenance": results(paths) / "train" / arch / f"{name}.provenance.json"}
 
 
 def key_tokens(paths: Paths) -> Path:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ...config.schema_tools import ConfigError, bounded, require
+from ...data.retrieval_mix import MIX_KINDS
 
 # The paper's seven architectures plus its proposal; every one is a layer-wise hybrid except "full".
 ARCHITECTURES = ("full", "swa-small", "swa-mid", "swa-large", "lightning", "mamba2", "gdn", "swa-small-nope")
@@ -83,6 +84,18 @@ class LazinessConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class RetrievalConfig:
+    """Synthetic retrieval rows mixed into the pretraining stream (:mod:`lmrepro.data.retrieval_mix`), so
+    long-range retrieval emerges within a small budget; values use ``ruler.value_digits`` digits and sit
+    beyond the stacked receptive field of the smallest window (``runs.min_distance``)."""
+
+    share: float = bounded(min=0.01, max=0.99, doc="synthetic rows per batch (exact: round(share × batch_size))")
+    kinds: list[str] = bounded(["single_needle", "recall"], choices=MIX_KINDS)
+    recall_pairs: int = bounded(2, min=1, doc="needles per multi-query recall row")
+    answer_weight: float = bounded(1.0, min=1.0, doc="loss weight of every answer label (1: the plain LM loss)")
+
+
+@dataclass(frozen=True, kw_only=True)
 class HybridConfig:
     """Pretraining sweep (all of ARCHITECTURES × sizes, several token budgets each) and its evaluations.
     The architectures are the paper's and fixed (dvc.yaml iterates over them); a profile sets the scale."""
@@ -102,7 +115,8 @@ class HybridConfig:
     lr: float = bounded(min=0.0, max=1.0)
     warmup_fraction: float = bounded(0.05, min=0.0, max=0.5)
     eval_windows: int = bounded(32, min=1, doc="validation windows for the loss")
-    seed: int = bounded(0, min=0)
+    seeds: list[int] = bounded([0], min=0, doc="every architecture and size is trained once per seed")
+    retrieval: RetrievalConfig | None = None  # None: the plain source stream
     longppl: LongPPLConfig
     restriction: RestrictionConfig = field(default_factory=RestrictionConfig)
     ruler: RulerConfig = field(default_factory=RulerConfig)
@@ -126,6 +140,8 @@ class HybridConfig:
                     f"{frac} × seq_len {self.seq_len} rounds to {round(frac * self.seq_len)} tokens; "
                     f"use at least {0.5 / self.seq_len:.3g}")
         require(len(self.sizes) >= 1, f"{path}.sizes", "define at least one size")
+        require(len(self.seeds) >= 1 and len(set(self.seeds)) == len(self.seeds), f"{path}.seeds",
+                f"give at least one seed, none twice; got {self.seeds}")
         require(self.budget_fractions == sorted(set(self.budget_fractions)) and self.budget_fractions[-1] == 1.0,
                 f"{path}.budget_fractions", "must be strictly increasing and end at 1.0")
         require(self.batch_size % self.micro_batch_size == 0, f"{path}.micro_batch_size",

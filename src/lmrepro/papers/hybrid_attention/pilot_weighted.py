@@ -1,21 +1,21 @@
-"""Paper 1 pilot, rounds 3–6: the answer tokens of the synthetic rows weighted in the loss.
+"""Paper 1 pilot, rounds 3–8: the answer tokens of the synthetic rows weighted in the loss.
 
 Rounds 1–2 (:mod:`.pilot`) found two answer tokens a row too little signal against the thousands of
 language-modelling tokens of a step. Here every token a synthetic row asks the model to reproduce — values, and
-the copied span of a repeat row (:func:`answer_mask`) — counts ``weight`` times in a weighted mean of the token
-losses; everything else is the round-2 setup (same model, data, measures from :func:`.pilot.measure`), in
-fp32 on the CPU (the loop has no device placement or autocast).
+the copied span of a repeat row (:func:`lmrepro.data.retrieval_mix.answer_mask`) — counts ``weight`` times in a
+weighted mean of the token losses; everything else is the round-2 setup (same model, data, measures from
+:func:`.pilot.measure`), in fp32 on the CPU (the loop has no device placement or autocast).
 
-Why a loop of its own instead of :class:`lmrepro.train.Trainer`: the Trainer's loss is uniform over tokens,
-and every training stage of the project depends on that file; a pilot question should not make them all
-stale. The loop uses the Trainer's optimizer and schedule (:func:`build_optimizer`, :func:`lr_multiplier`).
+Why a loop of its own: the pilot came before the Trainer learned weighted streams (``Trainer(sampler=…)``, what
+the pipeline now uses), and its cached measures are keyed by these runs. The loop uses the Trainer's optimizer
+and schedule (:func:`build_optimizer`, :func:`lr_multiplier`) and the same Σ w·CE / Σ w.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from ...config import Config, derive
 from ...data import ChunkSampler, ShardedTokens, load_tokenizer
-from ...data.retrieval_mix import RECALL, MixedSampler, Row
+from ...data.retrieval_mix import MixedSampler
 from ...models import DecoderLM
 from ...paths import Paths
 from ...train.schedule import lr_multiplier
@@ -31,35 +31,10 @@ from ...train.trainer import build_optimizer
 from .pilot import PilotRun, _spec, eval_sets, measure, retrieval_mix
 
 
-def answer_mask(row: Row, tokenizer) -> torch.Tensor:
-    """[len(row.ids) − 1] bool over the *label* positions of ``row`` (label i is ``row.ids[i + 1]``): True
-    where the row asks the model to reproduce something from earlier in it — in a recall row each
-    ``" " + value`` from its target on; a RULER prompt and a repeat row end with what is asked for (a RULER
-    answer, several values joined by ","; the repeated span), from the target on."""
-    mask = torch.zeros(len(row.ids) - 1, dtype=torch.bool)
-    if row.kind != RECALL:
-        mask[min(t for _, t in row.pairs) - 1:] = True
-    pairs = zip(row.pairs, row.values) if row.kind == RECALL else list(zip(row.pairs, row.values))[:1]
-    for (_, target), value in pairs:  # the first value of a RULER answer starts at its target
-        ids = tokenizer.encode(" " + value, add_special_tokens=False).ids
-        n = len(ids)
-        if row.ids[target:target + n] != ids:
-            raise ValueError(f"row {row.kind}: the tokens at {target} are not those of value {value!r}")
-        mask[target - 1:target - 1 + n] = True
-    return mask
-
-
-def batch_weights(sampler: MixedSampler, step: int, batch_size: int, weight: float, tokenizer) -> torch.Tensor:
-    """[batch_size, seq_len] loss weights of batch ``step``: ``weight`` on answer labels, 1 elsewhere."""
-    out = torch.ones(batch_size, sampler.seq_len)
-    for r in sampler.positions(step, batch_size):
-        out[r][answer_mask(sampler.row(step, r), tokenizer)] = weight
-    return out
-
-
 @dataclass(frozen=True)
 class WeightedRun:
-    """A :class:`PilotRun` with the answer labels of its synthetic rows weighted (:func:`answer_mask`)."""
+    """A :class:`PilotRun` with the answer labels of its synthetic rows weighted
+    (:func:`lmrepro.data.retrieval_mix.answer_mask`)."""
 
     run: PilotRun
     weight: float
@@ -85,13 +60,14 @@ def run_weighted(cfg: Config, paths: Paths, root: Path, job: WeightedRun) -> lis
     optimizer = build_optimizer(model, tcfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_multiplier(s, steps, tcfg))
     sampler = MixedSampler(ChunkSampler(ShardedTokens(paths.tokens("train")), run.seq_len, tcfg.seed),
-                           retrieval_mix(cfg, run), tok)
+                           replace(retrieval_mix(cfg, run), answer_weight=job.weight), tok)
     sets = eval_sets(cfg, paths, run, tok)
     snap = {max(1, round((i + 1) / run.snapshots * steps)) for i in range(run.snapshots)}
     out, t0 = [], time.time()
     for step in range(steps):
         batch = sampler.batch(step, bs)
-        w = batch_weights(sampler, step, bs, job.weight, tok)
+        w = sampler.weights(step, bs)
+        w = torch.ones(bs, run.seq_len) if w is None else w  # weight 1: the plain loss
         logits = model(batch[:, :-1])
         ce = F.cross_entropy(logits.float().flatten(0, 1), batch[:, 1:].flatten(), reduction="none")
         loss = (ce * w.flatten()).sum() / w.sum()

@@ -1,5 +1,13 @@
 """Paper 1 report: read the evaluation tables, fit scaling laws, compute each claim's metric.
 
+Every table carries the run's ``seed``. Each metric below is computed within each seed, and the ledger value is
+its mean over the seeds; ``<metric>_seed_se`` is that mean's standard error (sample standard deviation over
+seeds ÷ √seeds; NaN with one seed), the noise the claims' margins are multiples of (scaling fits too: one per
+seed; ``scaling_fits.csv`` holds them all). Preconditions (:data:`PRECONDITIONS`) take the *smallest* value over
+the seeds: every seed must meet them. Two choices are shared by the seeds so that their values are comparable:
+"early" comes from the seed-mean loss curves, and the probe gap averages over the hybrids informative in every
+seed.
+
 Metrics (named in pipelines/hybrid_attention/claims.yaml; all from our own numbers, at the largest size):
   loss_spread             (max − min) / min of the final validation loss across architectures
   longppl_spread_ratio    spread of ln LongPPL across architectures at the last snapshot ÷ at the early one
@@ -9,7 +17,8 @@ Metrics (named in pipelines/hybrid_attention/claims.yaml; all from our own numbe
                           restrict anything: a window at or above a layer's own changes nothing)
   probe_gain_gap          mean probe-accuracy gain (residual, layer ℓ vs ℓ−1) at full-attention layers −
                           at efficient layers, over the hybrids whose best block output finds the needle
-                          above chance (one-sided binomial test, 5%, Bonferroni over layers); NaN when none does
+                          above chance in every seed (one-sided binomial test, 5%, Bonferroni over layers); NaN
+                          when none does
   qk_half_tokens_log_ratio  ln(tokens at which the traced heads' relative W_q/W_k distance from the final
                           weights first falls to half its first-snapshot value: swa-large ÷ swa-small),
                           log-linear between snapshots (> 0: large windows converge later)
@@ -21,7 +30,7 @@ Metrics (named in pipelines/hybrid_attention/claims.yaml; all from our own numbe
 
 Preconditions (the claims that presuppose long-context use are "not testable" when they fail):
   full_needle_accuracy    Full's greedy single-needle accuracy at 1× the training context (final model)
-  probe_informative_hybrids  hybrids whose probes find the needle above chance
+  probe_informative_hybrids  hybrids whose probes find the needle above chance in every seed
   retrieval_head_score    the weaker of swa-small and swa-large: the best Wu et al. retrieval score of any
                           attention head of its final model (their threshold: 0.1)
   size_span               largest ÷ smallest parameter count when there are at least 3 sizes, else 0
@@ -47,6 +56,7 @@ from . import artifacts
 from .config import ARCHITECTURES, HybridConfig
 
 EARLY_PROGRESS = 0.8
+PRECONDITIONS = ("full_needle_accuracy", "probe_informative_hybrids", "retrieval_head_score", "size_span")
 NEEDLE_TASK, NEEDLE_LENGTH = "single_needle", 1.0
 
 
@@ -144,12 +154,57 @@ def half_distance_tokens(tokens, distance) -> float:
     return float(np.exp(np.log(t[i - 1]) + frac * (np.log(t[i]) - np.log(t[i - 1]))))
 
 
+def seeds_of(tables: dict[str, pd.DataFrame]) -> list[int]:
+    """The seeds of the checkpoint table (every evaluated run has rows there)."""
+    return sorted(int(s) for s in tables["checkpoints"]["seed"].unique())
+
+
+def one_seed(tables: dict[str, pd.DataFrame], seed: int) -> dict[str, pd.DataFrame]:
+    """The rows of ``seed`` in every (non-empty) table."""
+    return {name: t[t["seed"] == seed] if len(t) else t for name, t in tables.items()}
+
+
 def claim_values(tables: dict[str, pd.DataFrame], ctx: Context,
                  fits: pd.DataFrame | None = None) -> tuple[dict[str, float], dict[str, dict]]:
-    """Each metric and precondition of the module docstring and the numbers behind it (ledger evidence).
-    ``fits``: :func:`scaling_fits` of ``tables["checkpoints"]`` when the caller has them (else fitted here)."""
+    """Each metric and precondition of the module docstring (mean over seeds), its ``<metric>_seed_se``, and the
+    numbers behind it (ledger evidence, with every seed's value). ``fits``: :func:`seed_scaling_fits` of
+    ``tables["checkpoints"]`` when the caller has them (else fitted here)."""
+    seeds = seeds_of(tables)
+    fits = seed_scaling_fits(tables["checkpoints"]) if fits is None else fits
+    shared = {"early_tokens": early_snapshot(largest(tables["checkpoints"]), ctx.vocab_size),  # seed-mean curves
+              "probe_hybrids": sorted(set.intersection(*(set(informative_hybrids(one_seed(tables, s)["probes"]))
+                                                          for s in seeds)))}
+    per_seed = {seed: seed_values(one_seed(tables, seed), ctx, fits[fits["seed"] == seed] if len(fits) else fits,
+                                  **shared) for seed in seeds}
+    values, evidence = {}, {}
+    for metric in per_seed[seeds[0]][0]:
+        xs = np.array([per_seed[s][0][metric] for s in seeds], dtype=float)
+        values[metric] = float(xs.min() if metric in PRECONDITIONS else xs.mean())
+        values[f"{metric}_seed_se"] = float(xs.std(ddof=1) / math.sqrt(len(xs))) if len(xs) > 1 else math.nan
+        evidence[metric] = {"by_seed": {s: _finite_or_none(x) for s, x in zip(seeds, xs)},
+                            **{f"seed{s}": per_seed[s][1].get(metric, {}) for s in seeds}}
+    return values, evidence
+
+
+def seed_scaling_fits(curves: pd.DataFrame) -> pd.DataFrame:
+    """:func:`scaling_fits` of each seed's checkpoints (column ``seed``); empty with fewer than 3 sizes, where
+    no size can be held out (such fits test nothing, and cost seconds)."""
+    if curves["size"].nunique() < 3:
+        return pd.DataFrame()
+    return pd.concat([scaling_fits(g).assign(seed=seed) for seed, g in curves.groupby("seed")], ignore_index=True)
+
+
+def _finite_or_none(x: float) -> float | None:
+    return round(float(x), 4) if math.isfinite(x) else None
+
+
+def seed_values(tables: dict[str, pd.DataFrame], ctx: Context, fits: pd.DataFrame, early_tokens: int,
+                probe_hybrids: list[str]) -> tuple[dict[str, float], dict[str, dict]]:
+    """The metrics and preconditions of the module docstring for the runs of one seed, and their evidence.
+    fits: that seed's :func:`scaling_fits` (empty with fewer than 3 sizes); early_tokens: claim 2's early
+    snapshot; probe_hybrids: the hybrids whose probes beat chance in every seed (claim 4's average)."""
     curves = largest(tables["checkpoints"])
-    early_tokens, last = early_snapshot(curves, ctx.vocab_size), curves["tokens"].max()
+    last = curves["tokens"].max()
     final = curves[curves["tokens"] == last].set_index("arch")
     early = curves[curves["tokens"] == early_tokens].set_index("arch")
     ln_final, ln_early = np.log(final["longppl"]), np.log(early["longppl"])
@@ -169,8 +224,8 @@ def claim_values(tables: dict[str, pd.DataFrame], ctx: Context,
     evidence["swa_large_early_gap"] = evidence["longppl_spread_ratio"]
 
     values["restriction_gap"], evidence["restriction_gap"] = _restriction_gap(tables["restriction"], ctx)
-    values["probe_gain_gap"], evidence["probe_gain_gap"] = _probe_gap(tables["probes"])
-    values["probe_informative_hybrids"] = float(len(evidence["probe_gain_gap"].get("informative_hybrids", [])))
+    values["probe_gain_gap"], evidence["probe_gain_gap"] = _probe_gap(tables["probes"], probe_hybrids)
+    values["probe_informative_hybrids"] = float(len(probe_hybrids))
     values["qk_half_tokens_log_ratio"], evidence["qk_half_tokens_log_ratio"] = _qk_half(tables["trace"])
     values["retrieval_head_score"], evidence["retrieval_head_score"] = _retrieval_score(tables["wu"])
 
@@ -186,10 +241,7 @@ def claim_values(tables: dict[str, pd.DataFrame], ctx: Context,
 
     sizes = tables["checkpoints"].groupby("size")["parameters"].max()
     values["size_span"] = float(sizes.max() / sizes.min()) if len(sizes) >= 3 else 0.0
-    # Fits without a held-out size test nothing (and cost seconds): only with at least 3 sizes.
-    values["exponent_spread_ratio"], evidence["exponent_spread_ratio"] = (
-        _exponent_spread(scaling_fits(tables["checkpoints"]) if fits is None else fits)
-        if len(sizes) >= 3 else (math.nan, {}))
+    values["exponent_spread_ratio"], evidence["exponent_spread_ratio"] = _exponent_spread(fits)
     evidence["exponent_spread_ratio"]["parameters_by_size"] = sizes.astype(int).to_dict()
     return values, evidence
 
@@ -223,7 +275,7 @@ def _restriction_gap(r: pd.DataFrame, ctx: Context) -> tuple[float, dict]:
 
 
 def _exponent_spread(fits: pd.DataFrame) -> tuple[float, dict]:
-    if "beta" not in fits.columns:
+    if not len(fits) or "beta" not in fits.columns:
         return math.nan, {}
     fits = fits.dropna(subset=["beta"])
     beta = fits.pivot(index="arch", columns="target", values="beta")
@@ -235,19 +287,34 @@ def _exponent_spread(fits: pd.DataFrame) -> tuple[float, dict]:
     return _spread(beta["ln_longppl"]) / _spread(beta["val_loss"]), evidence
 
 
-def _probe_gap(probes: pd.DataFrame) -> tuple[float, dict]:
+def informative_hybrids(probes: pd.DataFrame) -> list[str]:
+    """Hybrids whose best block output finds the needle above chance (:func:`_chance_bar`); [] without probes."""
     if not len(probes):
-        return math.nan, {}
+        return []
+    best, bar = _probe_bars(probes)
+    return sorted(a for a in best.index if a != "full" and best[a] > bar[a])
+
+
+def _probe_bars(probes: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
+    """(best block-output accuracy, above-chance bar) per architecture."""
     residual = probes[probes.feature == "residual"]
     if "n_test" not in residual.columns or residual["n_test"].isna().any():
         raise ValueError("probe tables lack n_test (written before it was recorded): re-run the evaluate stage")
     blocks = residual[residual.layer >= 0]  # block outputs; the embedding (layer −1) cannot hold the needle
     best = blocks.groupby("arch")["accuracy"].max()
     bar = pd.Series({arch: _chance_bar(layers) for arch, layers in blocks.groupby("arch")}, dtype=float)
-    informative = sorted(a for a in best.index if a != "full" and best[a] > bar[a])
+    return best, bar
+
+
+def _probe_gap(probes: pd.DataFrame, hybrids: list[str]) -> tuple[float, dict]:
+    """Mean residual gain at full-attention layers − at efficient layers over ``hybrids``; NaN without any."""
+    if not len(probes):
+        return math.nan, {}
+    best, bar = _probe_bars(probes)
     evidence = {"best_layer_accuracy": best.round(3).to_dict(), "above_chance_bar": bar.round(3).to_dict(),
-                "informative_hybrids": informative}
-    res = residual[residual.arch.isin(informative)].sort_values(["arch", "layer"])
+                "informative_hybrids": informative_hybrids(probes), "averaged_over": list(hybrids)}
+    residual = probes[probes.feature == "residual"]
+    res = residual[residual.arch.isin(hybrids)].sort_values(["arch", "layer"])
     res = res.assign(gain=res.groupby("arch")["accuracy"].diff())
     res = res[res.layer >= 0].dropna(subset=["gain"])
     if not len(res):
