@@ -239,3 +239,15 @@ def test_weighted_run_resumes_bit_identically_and_has_its_own_fingerprint(stream
         assert torch.equal(p, q), name
     other, _, _ = _weighted_trainer(stream, make_spec, make_train_config, tmp_path / "c", weight=32.0)
     assert len({full.fingerprint, other.fingerprint}) == 2
+
+
+def test_trainer_refuses_a_sampler_of_another_context(stream, make_spec, make_train_config, tmp_path):
+    """A stream cut for one seq_len under a config of another would train on rows of the wrong length."""
+    tok, tokens = stream
+    cfg = make_train_config(seq_len=96, batch_size=4, micro_batch_size=4, max_tokens=4 * 96)
+    s = sampler(stream)  # rows of SEQ = 320 tokens
+    from lmrepro.train import Trainer
+
+    with pytest.raises(ValueError, match="seq_len 320; the training config has 96"):
+        Trainer(make_spec(vocab_size=tok.get_vocab_size(), max_seq_len=96), cfg, tokens.directory, tmp_path / "o",
+                tmp_path / "c", progress=False, sampler=s)
