@@ -77,6 +77,20 @@ def test_every_profile_fragment_validates(profile):
     assert la.task_names == list(TASKS)  # the foreach list of the sweep and methods stages
 
 
+def test_paper_profile_grid_covers_the_papers_alpha_and_no_run_repeats_data():
+    """The paper's α* ≈ 256·√r (α = r·m, so m* = 256/√r) lies inside the α grid at every rank with room above,
+    and one fine-tuning run (train.steps × batch_size sequences) never sees a training sequence twice."""
+    la = section("paper")
+    grid = la.sweep.alpha_multipliers
+    for r in la.sweep.ranks:
+        m_star = 256 / math.sqrt(r)
+        assert min(grid) <= m_star / 4 and max(grid) >= 2 * m_star, (r, m_star, grid)
+    for task, steps in la.train.steps.items():
+        t = getattr(la.tasks, task)
+        available = t.train_windows if task == "domain" else t.hf.max_examples - t.hf.val_examples
+        assert steps * la.train.batch_size <= available, (task, steps * la.train.batch_size, available)
+
+
 @pytest.mark.parametrize("edits, key, message", [
     ({"sweep__ranks": [4, 2, 1]}, "sweep.ranks", "strictly increasing"),
     ({"sweep__ranks": [4]}, "sweep.ranks", "at least 2"),

@@ -143,11 +143,17 @@ def test_xformer_runs_are_trained_at_matched_parameters(repo):
     results = repo / "results/xformer"
     runs = pd.read_csv(results / "runs.csv")
     cfg = load_config(repo / "params.yaml", profile="smoke")
-    assert sorted(zip(runs.variant, runs["size"])) == sorted(cfg.xformer.runs())
+    assert sorted(zip(runs.variant, runs.run)) == sorted((r.variant, r.name) for r in cfg.xformer.runs())
+    assert runs["main"].sum() == len({(r.variant, r.size) for r in cfg.xformer.runs() if r.variant != "bottleneck"})
     assert np.isfinite(runs.val_loss).all() and (runs.val_loss < math.log(cfg.tokenizer.vocab_size)).all()
     assert (runs.num_parameters_model == runs.parameters).all()
     for name in ("entropy", "density", "participation", "utilization", "logit_lens"):
         assert len(pd.read_csv(results / f"analysis/{name}.csv"))
+    # the residual entropy covers every full-budget run of baseline and X (every seed: the valley claims' noise)
+    entropy = pd.read_csv(results / "analysis/entropy.csv")
+    analyzed = {(r.variant, r.name) for r in cfg.xformer.runs()
+                if r.variant in ("baseline", "x") and r.token_fraction == 1.0}
+    assert set(zip(entropy.variant, entropy.run)) == analyzed and len(set(entropy.seed)) == len(cfg.xformer.seeds)
 
 
 def test_lora_methods_and_sweeps_are_evaluated(repo):

@@ -21,35 +21,36 @@ def results(paths: Paths) -> Path:
 
 
 def models(paths: Paths, variant: str) -> Path:
-    """Final weights of every size of ``variant`` (one DVC output per variant)."""
+    """Final weights of every run of ``variant`` (one DVC output per variant)."""
     return paths.paper_data(PAPER) / "models" / variant
 
 
 def checkpoints(paths: Paths, variant: str) -> Path:
-    """Resumable checkpoints of every size of ``variant`` (persistent, uncached)."""
+    """Resumable checkpoints of every run of ``variant`` (persistent, uncached)."""
     return paths.paper_checkpoints(PAPER) / variant
 
 
 def train_dir(paths: Paths, variant: str) -> Path:
-    """Training logs and provenance of every size of ``variant``."""
+    """Training logs and provenance of every run of ``variant``."""
     return results(paths) / "train" / variant
 
 
-def run_dirs(paths: Paths, variant: str, size: str) -> dict[str, Path]:
-    """The Trainer's folders and files for one variant at one size."""
-    return {"out": models(paths, variant) / size,
-            "ckpt": checkpoints(paths, variant) / size,
-            "log": train_dir(paths, variant) / f"{size}.csv",
-            "provenance": train_dir(paths, variant) / f"{size}.provenance.json"}
+def run_dirs(paths: Paths, variant: str, run: str) -> dict[str, Path]:
+    """The Trainer's folders and files for one run of a variant (``run``: its name, ``config.Run.name``;
+    the size for a variant's main run at that size)."""
+    return {"out": models(paths, variant) / run,
+            "ckpt": checkpoints(paths, variant) / run,
+            "log": train_dir(paths, variant) / f"{run}.csv",
+            "provenance": train_dir(paths, variant) / f"{run}.provenance.json"}
 
 
-def final_model(paths: Paths, variant: str, size: str) -> Path:
+def final_model(paths: Paths, variant: str, run: str) -> Path:
     """The trained model of one run (a ``save_model`` folder)."""
-    return run_dirs(paths, variant, size)["out"] / FINAL
+    return run_dirs(paths, variant, run)["out"] / FINAL
 
 
 def train_logs(paths: Paths) -> list[tuple[str, str, Path]]:
-    """(variant, size, training log) of every run that has one, in folder order."""
+    """(variant, run name, training log) of every run that has one, in folder order."""
     return [(p.parent.name, p.stem, p) for p in sorted((results(paths) / "train").glob("*/*.csv"))]
 
 
