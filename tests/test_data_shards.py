@@ -120,7 +120,7 @@ def test_truncated_shard_detected(tmp_path, verify):
 
 
 def test_missing_index_and_shard(tmp_path):
-    with pytest.raises(DataError, match="index.json.*not found"):
+    with pytest.raises(DataError, match="index.json.* is missing: run `dvc repro foundation-data`"):
         ShardedTokens(tmp_path)
     write_shards(make_docs(5), tmp_path, eos_id=EOS, vocab_size=300, shard_tokens=8)
     (tmp_path / "shard_00001.bin").unlink()

@@ -120,7 +120,7 @@ def test_artifacts_use_the_papers_data_and_checkpoint_folders(tmp_path):
     assert dirs["ckpt"] == tmp_path / "data/checkpoints/hybrid_attention/gdn/s2-seed1"
     assert dirs["log"] == tmp_path / "results/hybrid_attention/train/gdn/s2-seed1.csv"
     assert artifacts.key_tokens(paths) == tmp_path / "data/hybrid_attention/key_tokens.safetensors"
-    with pytest.raises(FileNotFoundError, match="pretrain stage for gdn"):
+    with pytest.raises(FileNotFoundError, match="dvc repro pipelines/hybrid_attention/dvc.yaml:pretrain@gdn"):
         runs.checkpoints(paths, "gdn", "s2", 1)
 
 

@@ -172,7 +172,7 @@ def test_key_token_file_round_trip_and_checks(tmp_path):
     (tmp_path / "other.safetensors").write_bytes(b"not a safetensors file at all")
     with pytest.raises(Exception):
         load_key_tokens(tmp_path / "other.safetensors")
-    with pytest.raises(FileNotFoundError, match="key-token stage"):
+    with pytest.raises(FileNotFoundError, match="dvc repro pipelines/hybrid_attention/dvc.yaml:key-tokens"):
         load_key_tokens(tmp_path / "missing.safetensors")
 
 

@@ -21,6 +21,7 @@ from typing import Iterable
 
 import numpy as np
 
+from ..missing import missing_input
 from .corpus import DataError, sha256_file
 
 INDEX_FILE = "index.json"
@@ -123,7 +124,7 @@ def load_index(directory: str | os.PathLike) -> dict:
     """Read and validate ``directory/index.json``."""
     path = Path(directory) / INDEX_FILE
     if not path.is_file():
-        raise DataError(f"shard index {str(path)!r} not found; run the data stage (write_shards) first")
+        raise DataError(missing_input(f"shard index {str(path)!r}", "foundation-data"))
     try:
         index = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:

@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ..missing import missing_input
 from .loss import token_nll
 
 # The paper's setting: K = 4096 for 32K-token documents, blocks of 1024 targets per truncated context.
@@ -224,7 +225,8 @@ def load_key_tokens(path: str | os.PathLike, docs: torch.Tensor | None = None) -
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"key-token file {str(path)!r} not found; run the key-token stage first")
+        raise FileNotFoundError(missing_input(f"key-token file {str(path)!r}",
+                                              "pipelines/hybrid_attention/dvc.yaml:key-tokens"))
     with safe_open(str(path), framework="pt") as f:
         raw = dict(f.metadata() or {})
     if raw.get("format") != FORMAT:

@@ -15,6 +15,7 @@ from ...config import Config, TrainConfig, derive
 from ...config.layers import hybrid_pattern, render_layer_token
 from ...data import ChunkSampler, ShardedTokens, load_tokenizer
 from ...data.retrieval_mix import MixedSampler, RetrievalMix
+from ...missing import missing_input
 from ...models import DecoderLM, LMSpec
 from ...models.hybrid import layers_from_pattern
 from ...paths import Paths
@@ -113,6 +114,6 @@ def checkpoints(paths: Paths, arch: str, size: str, seed: int) -> list[tuple[int
         meta = json.loads((folder / artifacts.SNAPSHOT_META).read_text())
         found.append((int(meta["tokens_seen"]), folder))
     if not found:
-        raise FileNotFoundError(f"{out}: no {artifacts.SNAPSHOT_GLOB} snapshots; run the pretrain stage for {arch} "
-                                f"(pipelines/{PAPER}/dvc.yaml)")
+        raise FileNotFoundError(missing_input(f"{out}/{artifacts.SNAPSHOT_GLOB} (token-budget snapshots)",
+                                              f"pipelines/{PAPER}/dvc.yaml:pretrain@{arch}"))
     return sorted(found)

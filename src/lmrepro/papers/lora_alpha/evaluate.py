@@ -18,6 +18,7 @@ import pandas as pd
 import torch
 
 from ...config import Config
+from ...missing import missing_input
 from ...pool import run_jobs
 from ...lora import (SignalDrift, alpha_for, layerwise_report, lora_vs_full_curvature, mean_over_layers,
                      run_mlp_experiment, total_ratio)
@@ -213,8 +214,9 @@ def pre_registered(cfg: Config, paths, task: str) -> tuple[Config, str]:
         return with_base_lr(cfg, la.sweep.base_lr), "sweep.base_lr of the profile"
     path = artifacts.base_lr_file(paths, task)
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: sweep.base_lr is null, so the learning rate comes from the "
-                                f"full fine-tuning stage; run `dvc repro full_ft@{task}` first")
+        raise FileNotFoundError(missing_input(
+            f"{path} (sweep.base_lr is null, so the learning rate comes from the full fine-tuning stage)",
+            f"pipelines/{PAPER}/dvc.yaml:full_ft@{task}"))
     record = json.loads(path.read_text())
     return with_base_lr(cfg, record["base_lr"]), f"pre-registered by full_ft@{task} ({path.name})"
 

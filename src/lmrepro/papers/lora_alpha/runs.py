@@ -31,6 +31,7 @@ from ...data.sft import encode_examples, interleaved_halves, lm_tensors, windows
 from ...eval.loss import evaluate_sft_loss
 from ...lora import AlphaChoice, apply_lora, loraplus_optimizer
 from ...lora.finetune import FinetuneResult, finetune, make_lr_schedule
+from ...missing import missing_input
 from ...paths import Paths
 from ...train.device import autocast_dtype, default_device
 from . import artifacts
@@ -179,7 +180,7 @@ class TaskData:
 def load_task(paths: Paths, task: str) -> TaskData:
     path = artifacts.task_file(paths, task)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: missing; run the {PAPER} data stage first")
+        raise FileNotFoundError(missing_input(str(path), f"pipelines/{PAPER}/dvc.yaml:data"))
     flat = load_file(str(path))
     splits = {s: {k.split(".", 1)[1]: v for k, v in flat.items() if k.startswith(f"{s}.")} for s in SPLITS}
     examples = []

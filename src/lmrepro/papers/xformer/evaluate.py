@@ -20,6 +20,7 @@ from ...data import ShardedTokens, eval_windows
 from ...eval.loss import evaluate_loss
 from ...eval.residual import (activation_density, logit_lens, mlp_activations, participation_ratio,
                               residual_entropy_by_layer, unit_utilization)
+from ...missing import missing_input
 from ...models.varwidth import block_widths
 from ...paths import Paths
 from ...pool import run_jobs
@@ -42,8 +43,8 @@ def _load(paths: Paths, variant: str, run: str) -> torch.nn.Module:
 def final_dir(paths: Paths, variant: str, run: str) -> Path:
     folder = artifacts.final_model(paths, variant, run)
     if not (folder / artifacts.MODEL_META).is_file():
-        raise FileNotFoundError(f"{folder}: no trained model; run the pretrain@{variant} stage of "
-                                "pipelines/xformer/dvc.yaml")
+        raise FileNotFoundError(missing_input(f"{folder} (trained model)",
+                                              f"pipelines/xformer/dvc.yaml:pretrain@{variant}"))
     return folder
 
 
