@@ -71,8 +71,10 @@ vendor: setup
 kernel-check: setup
 	@$(BIN)/python scripts/gpu_check.py --interpret
 
+# The project root is Lab's root (results/, params.yaml and the READMEs open from the file browser); it opens on
+# notebooks/.
 lab: setup
-	$(BIN)/jupyter lab notebooks/
+	$(BIN)/jupyter lab --ServerApp.root_dir=. --LabApp.default_url=/lab/tree/notebooks
 
 notebooks-clean: setup
 	$(BIN)/python -m lmrepro.notebooks clean notebooks

@@ -243,3 +243,12 @@ def test_layerwise_pattern_reaches_peft_and_matches_curvature_through_peft(base_
         u = -torch.sign(g.detach())  # Adam's first step on B, per unit learning rate
         curvature_B = float((u * torch.autograd.grad(g, B, grad_outputs=u, retain_graph=True)[0]).sum())
         assert curvature_B == pytest.approx(report[name.removeprefix("base_model.model.")].q_full, rel=1e-6)
+
+
+def test_mechanisms_stage_names_an_unknown_measurement():
+    from lmrepro.config import load_config
+    from lmrepro.papers.lora_alpha.evaluate import MECHANISMS, mechanism
+
+    assert MECHANISMS == ("signal_drift", "curvature", "mlp")
+    with pytest.raises(ValueError, match=r"mechanism 'hessian' is unknown; choose one of \['signal_drift'"):
+        mechanism(load_config(profile="smoke"), None, None, "hessian")

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import nbformat
 
-KERNELSPEC = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
+# The kernel `make setup` registers for the project's venv (README "Working with the notebooks"): papermill, Lab and
+# other frontends start the notebooks in the environment that has lmrepro, not whatever "python3" is there.
+KERNELSPEC = {"name": "lmrepro", "display_name": "Python (lmrepro)", "language": "python"}
 NOTEBOOK_METADATA = {"kernelspec": KERNELSPEC, "language_info": {"name": "python"}}
 CELL_METADATA_KEYS = ("tags",)  # papermill finds the ``parameters`` cell by its tag
 

@@ -7,7 +7,6 @@ Importing this module registers the classes (model_type ``"lmrepro"``).
 
 from __future__ import annotations
 
-import dataclasses
 
 import torch
 import torch.nn.functional as F
@@ -15,7 +14,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, Pre
 from transformers.modeling_outputs import CausalLMOutput
 
 from .lm import DecoderLM
-from .spec import LayerSpec, LMSpec
+from .spec import LMSpec
 
 
 class LMReproConfig(PretrainedConfig):
@@ -30,12 +29,10 @@ class LMReproConfig(PretrainedConfig):
 
     @classmethod
     def from_spec(cls, spec: LMSpec, **kwargs) -> "LMReproConfig":
-        return cls(spec=dataclasses.asdict(spec), **kwargs)
+        return cls(spec=spec.to_dict(), **kwargs)
 
     def to_spec(self) -> LMSpec:
-        data = dict(self.spec)
-        data["layers"] = tuple(LayerSpec(**layer) for layer in data.get("layers", ()))
-        return LMSpec(**data)
+        return LMSpec.from_dict(self.spec)
 
 
 class LMReproForCausalLM(PreTrainedModel):

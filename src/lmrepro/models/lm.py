@@ -66,15 +66,18 @@ class DecoderLM(nn.Module):
         1/sqrt(2·L) (GPT-2) so the residual stream's variance does not grow with depth. std = init_std,
         times sqrt(h / w_ℓ) inside block ℓ of a variable-width model (its block spec's init_std). Width
         projections ("learned") start as the rectangular identity. Mixer-specific parameters (convolutions,
-        SSM decay rates, norms) keep the initialisation of their own module."""
+        SSM decay rates, norms) keep the initialisation of their own module. μP (``spec.mup_base_width`` h0):
+        block ℓ's matrices get init_std·sqrt(h0 / w_ℓ) instead (w_ℓ = h for constant width)."""
         residual_out = ("o_proj", "out_proj", "down_proj")
+        base = self.spec.mup_base_width
         for name, module in self.named_modules():
             if name.startswith("width_projections."):
                 nn.init.eye_(module.weight)
             elif isinstance(module, (nn.Linear, nn.Embedding)):
                 std = self.spec.init_std
                 if name.startswith("layers."):
-                    std = self.block_specs[int(name.split(".")[1])].init_std
+                    block = self.block_specs[int(name.split(".")[1])]
+                    std = block.init_std if base is None else self.spec.init_std * math.sqrt(base / block.hidden_size)
                 scale = 1.0 / math.sqrt(2 * self.spec.num_layers) if name.endswith(residual_out) else 1.0
                 nn.init.normal_(module.weight, mean=0.0, std=std * scale)
 
@@ -131,8 +134,28 @@ class DecoderLM(nn.Module):
         """Residual stream x [B, T, W] → logits [B, T, V]: final RMSNorm over the first ``readout_width``
         coordinates (max(w_L, h); h for constant width), then the first h of them to the LM head."""
         if self.spec.widths is None:
-            return self.lm_head(self.norm(x))
-        return self.lm_head(self.norm(x[..., : self.norm.weight.shape[0]])[..., : self.spec.hidden_size])
+            logits = self.lm_head(self.norm(x))
+        else:
+            logits = self.lm_head(self.norm(x[..., : self.norm.weight.shape[0]])[..., : self.spec.hidden_size])
+        if self.spec.mup_base_width is not None:  # μP's output multiplier 1/width_mult (standard: none at all)
+            logits = logits * (self.spec.mup_base_width / self.spec.hidden_size)
+        return logits
+
+    def lr_multipliers(self) -> dict[str, float]:
+        """Parameter name → factor on the optimizer's learning rate: 1 everywhere in the standard
+        parametrization; μP (Adam): h0 / w_ℓ for the matrices of block ℓ (fan-in ∝ its width w_ℓ) and
+        h0 / w_{ℓ−1} for a width projection into block ℓ; 1 for embeddings, LM head and vectors (norm gains)."""
+        base = self.spec.mup_base_width
+        out = {}
+        for name, p in self.named_parameters():
+            parts = name.split(".")
+            if base is None or p.dim() < 2 or parts[0] not in ("layers", "width_projections"):
+                out[name] = 1.0
+            elif parts[0] == "layers":
+                out[name] = base / self.block_specs[int(parts[1])].hidden_size
+            else:
+                out[name] = base / self.spec.widths[int(parts[1]) - 1]
+        return out
 
     def hidden_states(self, input_ids: torch.Tensor) -> list[torch.Tensor]:
         """Residual stream after the embedding and after each block: L+1 tensors [B, T, W] (W = hidden_size

@@ -7,6 +7,8 @@ Paper pipelines derive their variants with :func:`dataclasses.replace`. Layer to
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass, field
 from numbers import Integral, Real
 
@@ -80,6 +82,12 @@ class LMSpec:
     expansion: how a block wider than its predecessor is fed: "carry" (the paper's carry-forward),
         "zero" or "learned" (ablations; only with widths). Defined in :mod:`lmrepro.models.varwidth`;
         both are validated by :meth:`LMSpec.check_widths`.
+    mup_base_width: None = standard parametrization; an int h0 = μP (maximal update parametrization, Yang et
+        al., Tensor Programs V) relative to width h0, where it equals the standard one: a block of width w has
+        hidden-matrix init std init_std·sqrt(h0 / w) and Adam learning rate lr·h0 / w
+        (:meth:`DecoderLM.lr_multipliers`), attention scale sqrt(d0) / d (d0 = h0 / num_heads, d the block's
+        head dim) instead of 1 / sqrt(d); the logits are multiplied by h0 / hidden_size; embeddings, LM head
+        and norm gains keep init_std and lr.
     """
 
     vocab_size: int
@@ -102,6 +110,7 @@ class LMSpec:
     gdn_expand_v: int = 1
     widths: tuple[int, ...] | None = None
     expansion: str = "carry"
+    mup_base_width: int | None = None
 
     def __post_init__(self):
         # Zero or negative sizes used to build an empty model (vocabulary 0) or fail later with an IndexError.
@@ -114,12 +123,21 @@ class LMSpec:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, Real) or not 0 < value < float("inf"):
                 raise ValueError(f"{name}: must be a finite number > 0, got {value!r}")
+        m = self.mup_base_width
+        if m is not None and (isinstance(m, bool) or not isinstance(m, Integral) or m < self.num_heads):
+            raise ValueError(f"mup_base_width: must be None (standard parametrization) or an int >= num_heads "
+                             f"({self.num_heads}, one coordinate per head), got {m!r}")
         # A list would make the frozen spec unhashable and let it be mutated in place.
         object.__setattr__(self, "layers", tuple(self.layers))
         if not self.layers:
             object.__setattr__(self, "layers", tuple(LayerSpec() for _ in range(self.num_layers)))
         if len(self.layers) != self.num_layers:
             raise ValueError(f"layers: {len(self.layers)} layer specs for num_layers={self.num_layers}")
+        if m is not None and any(layer.mixer != "attention" for layer in self.layers):
+            # The scaling rules above are derived for softmax attention + MLP blocks only; other mixers would
+            # silently keep their standard scales.
+            raise ValueError("mup_base_width: μP is defined for attention layers only; this spec has mixers "
+                             f"{sorted({layer.mixer for layer in self.layers})}")
         # JSON (spec.json, HF config.json) gives the widths back as a list; checked per layer.
         object.__setattr__(self, "widths", self.check_widths())
         # Specs are also built directly (tests, dataclasses.replace), bypassing ModelConfig.check:
@@ -177,9 +195,32 @@ class LMSpec:
         """Head dim of a constant-width spec (per block: ``varwidth.block_spec(spec, i).head_dim``)."""
         return self.hidden_size // self.num_heads
 
+    def attention_scale(self) -> float | None:
+        """Softmax scale of this (constant-width or block) spec's attention: None (the op's 1/sqrt(d)) in the
+        standard parametrization; μP: sqrt(d0) / d, i.e. 1/d up to the constant that makes it 1/sqrt(d) at
+        the base width."""
+        if self.mup_base_width is None:
+            return None
+        return math.sqrt(self.mup_base_width / self.num_heads) / self.head_dim
+
+    def to_dict(self) -> dict:
+        """Plain dict (spec.json, HF config.json, run fingerprints); ``mup_base_width`` only when set, so files
+        and fingerprints of standard-parametrization models stay those written before μP existed."""
+        data = dataclasses.asdict(self)
+        if data["mup_base_width"] is None:
+            del data["mup_base_width"]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "LMSpec":
+        """Inverse of :meth:`to_dict` (layers given as dicts)."""
+        data = dict(data)
+        data["layers"] = tuple(LayerSpec(**layer) for layer in data.get("layers", ()))
+        return cls(**data)
+
     @classmethod
     def from_config(cls, model: ModelConfig, vocab_size: int, layers=None, widths=None,
-                    expansion: str = "carry") -> "LMSpec":
+                    expansion: str = "carry", mup_base_width: int | None = None) -> "LMSpec":
         """Spec of ``model`` (its layer pattern unless ``layers`` is given; constant width unless ``widths``)."""
         return cls(
             vocab_size=vocab_size,
@@ -201,4 +242,5 @@ class LMSpec:
             gdn_expand_v=model.gdn_expand_v,
             widths=widths,
             expansion=expansion,
+            mup_base_width=mup_base_width,
         )

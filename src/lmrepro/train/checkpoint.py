@@ -14,7 +14,6 @@ Model folders written before hashes were added load with a warning.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
@@ -26,7 +25,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..models import DecoderLM, LayerSpec, LMSpec
+from ..models import DecoderLM, LMSpec
 
 STEP_PREFIX = "step-"
 CHECKPOINT_FILES = ("optimizer.pt", "scheduler.json", "rng.pt")
@@ -55,13 +54,11 @@ def _verify(path: Path, expected: str | None) -> None:
 
 
 def spec_to_dict(spec: LMSpec) -> dict[str, Any]:
-    return dataclasses.asdict(spec)
+    return spec.to_dict()
 
 
 def spec_from_dict(data: dict[str, Any]) -> LMSpec:
-    data = dict(data)
-    data["layers"] = tuple(LayerSpec(**layer) for layer in data.get("layers", ()))
-    return LMSpec(**data)
+    return LMSpec.from_dict(data)
 
 
 def save_model(model: DecoderLM, folder: str | Path, extra: dict[str, Any] | None = None) -> Path:

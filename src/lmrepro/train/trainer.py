@@ -70,10 +70,20 @@ def make_accelerator(precision: str = "auto") -> Accelerator:
 
 
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW; weight decay on matrices only (norm gains are not decayed)."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    """AdamW; weight decay on matrices only (norm gains are not decayed); per-parameter learning-rate factors
+    from ``model.lr_multipliers()`` where the model has them (μP), one group per (decay, factor). AdamW's
+    decoupled decay is lr·weight_decay per group, so under μP wider blocks also decay less per step."""
+    factors = model.lr_multipliers() if hasattr(model, "lr_multipliers") else {}
+    groups = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            key = (p.dim() >= 2, factors.get(name, 1.0))
+            groups.setdefault(key, []).append(p)
+    # Standard parametrization: exactly the two groups (decay first) this optimizer always had, so its state
+    # and every run's numbers are unchanged. Factor-1 groups first: the log's lr is group 0's, the base lr.
+    order = sorted(groups, key=lambda k: (not k[0], k[1] != 1.0, k[1]))
+    groups = [{"params": groups[k], "weight_decay": cfg.weight_decay if k[0] else 0.0, "lr": cfg.lr * k[1]}
+              for k in order]
     # foreach=False: the single-tensor path gives bit-identical results across save/resume on CPU.
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, foreach=False)
 
@@ -105,7 +115,7 @@ class Trainer:
         self.run_config, self.progress = run_config, progress
         semantic = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _NON_SEMANTIC}
         data_id = sorted(s["sha256"] for s in self.train_tokens.index["shards"])
-        identity = {"spec": dataclasses.asdict(spec), "train": semantic, "data": data_id}
+        identity = {"spec": spec.to_dict(), "train": semantic, "data": data_id}
         if sampler is not None:  # plain runs keep the fingerprint (and checkpoints) they always had
             identity["sampler"] = sampler.describe()
         self.fingerprint = fingerprint(identity)

@@ -39,6 +39,7 @@ class AttentionMixer(nn.Module):
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, hidden, bias=False)
         self.rope = RotaryEmbedding(self.head_dim, spec.rope_theta) if layer.rope else None
         self.restriction: tuple[int, int] | None = None
+        self.scale = spec.attention_scale()  # None: 1/sqrt(head_dim); μP: see LMSpec.mup_base_width
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor, cache: LayerCache | None = None) -> torch.Tensor:
         b, t, _ = x.shape
@@ -53,5 +54,5 @@ class AttentionMixer(nn.Module):
                 k, v = torch.cat([cache.k, k], dim=1), torch.cat([cache.v, v], dim=1)
             cache.k, cache.v = k, v
         window, sinks = effective_window(self.window, self.restriction)
-        o = attention(q, k, v, window=window, sinks=sinks)
+        o = attention(q, k, v, window=window, sinks=sinks, scale=self.scale)
         return self.o_proj(o.reshape(b, t, -1))

@@ -269,11 +269,12 @@ def curve_rows(result: FinetuneResult, every: int = 1, **keys) -> list[dict[str,
 
 
 def cpu_seconds() -> float:
-    """CPU time of this process so far (user + system; the stage's cost on an otherwise idle machine)."""
+    """CPU time (user + system) of this process and of its finished children (the :mod:`lmrepro.pool` workers
+    that ran the stage's runs) so far: the stage's cost on an otherwise idle machine."""
     import resource
 
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return round(usage.ru_utime + usage.ru_stime, 1)
+    usage = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+    return round(sum(u.ru_utime + u.ru_stime for u in usage), 1)
 
 
 class Timer:

@@ -98,7 +98,10 @@ class XformerConfig:
                                      doc="allowed |relative deviation| of a run's matched parameter budget")
     batch_size: int = bounded(min=1, doc="sequences per optimizer step")
     micro_batch_size: int = bounded(min=1)
-    lr: float = bounded(min=0.0, max=1.0)
+    lr: float = bounded(min=0.0, max=1.0, doc="peak learning rate (μP: of the base width; blocks of width w train "
+                        "their matrices at lr·mup_base_width / w)")
+    mup_base_width: int | None = bounded(None, min=8, doc="None: standard parametrization; a width h0: μP relative to "
+                                         "it (lmrepro.models.LMSpec.mup_base_width), so one lr serves every size")
     warmup_fraction: float = bounded(0.05, min=0.0, max=0.5)
     precision: str = bounded("auto", choices=("auto", "fp32", "bf16"))
     seeds: list[int] = bounded([0], min=0, doc="the first seeds every run (init and data order); each further "

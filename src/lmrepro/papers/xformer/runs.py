@@ -55,7 +55,8 @@ def size_widths(cfg: Config, size: str, shape: str | None,
 
 def run_spec(cfg: Config, variant: str, size: str, bottleneck: tuple[float, float] | None = None) -> LMSpec:
     """Spec of one run: the profile's model settings (norm eps, RoPE θ, init std), the size's h, L and heads
-    (MHA: kv heads = heads, so KV cache ∝ Σ 2·w_ℓ), SwiGLU 4·width, untied embeddings; widths and the
+    (MHA: kv heads = heads, so KV cache ∝ Σ 2·w_ℓ), SwiGLU 4·width, untied embeddings, the section's
+    parametrization (``mup_base_width``: μP, else standard); widths and the
     residual rule from the variant (the baseline is the ordinary constant-width model); ``bottleneck``: a
     ``bottleneck`` run's (turning-layer fraction, ratio)."""
     if variant not in VARIANTS:
@@ -69,7 +70,7 @@ def run_spec(cfg: Config, variant: str, size: str, bottleneck: tuple[float, floa
                    max_seq_len=max(cfg.model.max_seq_len, x.seq_len))
     widths = None if shape is None else tuple(size_widths(cfg, size, shape, bottleneck))
     return LMSpec.from_config(model, cfg.tokenizer.vocab_size, widths=widths,
-                              expansion=VARIANT_EXPANSION[variant])
+                              expansion=VARIANT_EXPANSION[variant], mup_base_width=x.mup_base_width)
 
 
 def train_config(cfg: Config, size: str, seed: int | None = None, token_fraction: float = 1.0) -> TrainConfig:
