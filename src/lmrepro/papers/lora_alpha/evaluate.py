@@ -561,16 +561,15 @@ MECHANISMS = ("signal_drift", "curvature", "mlp")
 def mechanism(cfg: Config, base: torch.nn.Module, data: TaskData, name: str) -> list[dict]:
     """Rows of one of ``MECHANISMS``. Module-level so :func:`lmrepro.pool.run_jobs` can run the three side by
     side; each seeds its own models and data, so the rows do not depend on which process runs it or after what."""
-    if name == "mlp":
-        return mlp(cfg)
     if name not in MECHANISMS:
         raise ValueError(f"mechanism {name!r} is unknown; choose one of {list(MECHANISMS)}")
-    return {"signal_drift": signal_drift, "curvature": curvature}[name](cfg, base, data)
+    return mlp(cfg) if name == "mlp" else {"signal_drift": signal_drift, "curvature": curvature}[name](cfg, base, data)
 
 
 def mechanisms(cfg: Config, base: torch.nn.Module, data: TaskData) -> dict[str, list[dict]]:
     """Every mechanism's rows by name, computed side by side in :mod:`lmrepro.pool` workers (one thread each,
-    the section's ``threads``): 48 s instead of 93 s on the laptop (signal/drift alone takes half the stage)."""
+    the section's ``threads``): 60–72 s instead of 117 s serial on a 2-core laptop, 2026-12-06 (signal/drift alone
+    is about half the work)."""
     rows = run_jobs(mechanism, MECHANISMS, (cfg, base, data), threads=_threads(section(cfg)))
     return dict(zip(MECHANISMS, rows))
 
