@@ -169,3 +169,24 @@ def test_committed_ledger_follows_its_criteria_file(paper):
         assert len(row["revisions"]) == len(claim.revisions)
         assert row["noise"]["source"] == claim.margin_source
         assert row["verdict"] in claims.VERDICTS
+
+
+@pytest.mark.parametrize("gap,expected", [
+    (-0.05, 3.0),    # 0.03 beyond the reproduced edge (-0.02): 3 noise SDs
+    (-0.025, 0.5),   # just past it: a seed or a rounding change can flip it
+    (0.0, 2.0),      # mid-band, 0.02 from both edges
+    (0.025, 0.5),    # just past the not-reproduced edge
+])
+def test_edge_distance_marks_fragile_verdicts(gap, expected):
+    crit = {"loss": Claim("X wins", "gap", "<", 0.0, margin_noise_multiple=2.0, noise_metric="seed_sd")}
+    row = build_ledger(crit, {"gap": gap, "seed_sd": 0.01})[0]
+    assert row["edge_distance_noise"] == pytest.approx(expected)
+    assert ("fragile" in render_markdown({"claims": [row]})) == (expected < 1)
+
+
+def test_edge_distance_needs_a_measured_noise_and_a_held_precondition():
+    pre = Precondition(statement="learns", metric="acc", op=">=", threshold=0.8)
+    crit = {"plain": Claim("round margin", "gap", "<", 0.0, 0.02),
+            "gated": Claim("gated", "gap", "<", 0.0, margin_noise_multiple=2.0, noise_metric="sd", precondition=pre)}
+    rows = build_ledger(crit, {"gap": -0.021, "sd": 0.01, "acc": 0.1})
+    assert [r["edge_distance_noise"] for r in rows] == [None, None]

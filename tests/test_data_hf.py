@@ -105,3 +105,39 @@ def test_write_corpus_errors(tmp_path):
         write_hf_corpus([("a", "x")], tmp_path / "d", 0.5, seed=0, meta={"f": object()})
     with pytest.raises(DataError, match="empty"):
         write_hf_corpus([("a", "x")], tmp_path / "d", 0.5, seed=0, meta={})
+
+
+# ---- revisions: which commit of a Hub dataset a stream reads
+
+def test_resolve_revision_local_commit_and_offline():
+    from lmrepro.data.revisions import resolve_revision
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    assert resolve_revision("json", None, "k") is None  # local data has no revision
+    assert resolve_revision("HuggingFaceFW/fineweb-edu", commit, "k") == commit  # pinned: no network needed
+    with pytest.raises(DataError, match="k is 'main' but 'json' is local data"):
+        resolve_revision("json", "main", "k")
+    with pytest.raises(DataError, match="must be a commit id"):
+        resolve_revision("org/name", "", "k")
+    # Not a commit id: it must be looked up, which this process cannot (HF_HUB_OFFLINE): the error names the
+    # setting that pins it.
+    with pytest.raises(DataError, match=r"fineweb-edu.*data\.hf\.revision to a 40-character commit id"):
+        resolve_revision("HuggingFaceFW/fineweb-edu", "main", "data.hf.revision")
+
+
+def test_build_corpus_records_revision_and_keeps_data_on_failure(jsonl, tmp_path):
+    from lmrepro.config import DataConfig, HFSourceConfig
+    from lmrepro.data import prepare
+    from lmrepro.paths import Paths
+
+    paths = Paths(tmp_path / "project")
+    local = DataConfig(source="hf", val_fraction=0.3, hf=HFSourceConfig(path="json", data_files=jsonl,
+                                                                         text_field="content"))
+    manifest = prepare.build_corpus(local, paths)
+    assert manifest["meta"]["revision"] is None and manifest["num_documents"]["train"] > 0
+    before = {p.name: p.read_bytes() for p in paths.corpus.iterdir()}
+    hub = DataConfig(source="hf", val_fraction=0.3, hf=HFSourceConfig(path="HuggingFaceFW/fineweb-edu"))
+    with pytest.raises(DataError, match="data.hf.revision"):
+        prepare.build_corpus(hub, paths)
+    # The revision is resolved before anything is deleted: the corpus on disk is untouched.
+    assert {p.name: p.read_bytes() for p in paths.corpus.iterdir()} == before

@@ -584,6 +584,8 @@ def test_paper_profile_path_on_a_tiny_hf_llama(hf_project, monkeypatch):
     paths = Paths(hf_project)
     summary = lora.prepare_tasks(cfg, paths)
     assert summary["domain"]["train_windows"] == 16 and summary["reasoning"]["train_examples"] == 32
+    # Local files have no Hub commit to record (a Hub dataset's is resolved and recorded: test_data_hf.py).
+    assert summary["domain"]["revision"] is None and summary["reasoning"]["revision"] is None
     base, tokenizer = lora.load_base(cfg, paths)
     assert type(base).__name__ == "LlamaForCausalLM"
     for task in ("domain", "reasoning"):

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from lmrepro import yaml12
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,10 +64,15 @@ def test_repro_produces_metrics_figures_and_notebooks(repo):
     for nb in ("01_prepare_data", "02_pretrain", "03_evaluate", "04_report"):
         executed = json.loads((repo / f"results/foundation/notebooks/{nb}.ipynb").read_text())
         assert executed["metadata"]["papermill"]["parameters"]["profile"] == "smoke"
+    # Executed notebooks are committed: they print paths relative to the project, never this machine's folders.
+    printed = [nb.relative_to(repo) for nb in repo.glob("results/**/*.ipynb") if str(repo) in nb.read_text()]
+    assert printed == []
     # Committed notebooks are never executed in place.
     assert _run([sys.executable, "-m", "lmrepro.notebooks", "check", "notebooks"], repo).returncode == 0
     provenance = json.loads((repo / "results/foundation/provenance/pretrain_baseline.json").read_text())
     assert provenance["config"]["profile"] == "smoke" and provenance["libraries"]["torch"]
+    # The SIMD path the stage's kernels took (what decides bit-identity across machines).
+    assert provenance["device"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     assert (repo / "dvc.lock").is_file()
 
 

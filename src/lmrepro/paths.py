@@ -70,6 +70,16 @@ class Paths:
         return self.root / "pipelines" / paper
 
 
+def shown(path: str | Path) -> str:
+    """``path`` as logs and notebooks print it: relative to the project root when inside the project (executed
+    notebooks are committed, and the machine's folder layout is noise there), else as given."""
+    path = Path(path)
+    try:
+        return str(path.resolve().relative_to(find_params().parent.resolve()))
+    except (ProjectNotFound, ValueError):
+        return str(path)
+
+
 def project_paths(root: str | Path | None = None) -> Paths:
     """Paths for the project whose params.yaml is in ``root`` or a parent of the working directory."""
     return Paths(Path(root).resolve() if root is not None else find_params().parent)

@@ -41,10 +41,25 @@ def library_versions() -> dict[str, str | None]:
     return out
 
 
+def cpu_model() -> str | None:
+    """The CPU's marketing name (Linux ``/proc/cpuinfo``), None elsewhere."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return None
+
+
 def device_info() -> dict[str, Any]:
+    """Where a run computed. ``cpu_capability`` is the SIMD path torch's CPU kernels take (e.g. AVX512, AVX2; the
+    ``ATEN_CPU_CAPABILITY`` variable lowers it): runs agree bit for bit only on the same model and path."""
     import torch
 
     info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpu_model": cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "cpu_threads": torch.get_num_threads(), "cuda": torch.cuda.is_available()}
     if torch.cuda.is_available():
         info["cuda_devices"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]

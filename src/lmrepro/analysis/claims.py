@@ -13,7 +13,9 @@ Verdicts (:data:`VERDICTS`):
 
 Each row also records where its margin comes from (``margin_source``, and the measured noise value when the
 report computes one: ``noise_metric``) and every criterion changed after results were seen (``revisions``:
-date, old criterion, old verdict, why). :func:`publish` writes ``claims.json``, ``claims.md`` and
+date, old criterion, old verdict, why) and how robust its verdict is (``edge_distance_noise``: the distance to the
+nearest band edge in measured noise units; below 1 the table marks the verdict *fragile*: another seed or CPU type
+can flip it). :func:`publish` writes ``claims.json``, ``claims.md`` and
 ``metrics.json`` the same way for every paper.
 """
 
@@ -125,6 +127,16 @@ def verdict(value: float | None, claim: Claim, precondition_held: bool | None = 
     return "inconclusive"
 
 
+def edge_distance(value: float | None, claim: Claim, noise: float | None) -> float | None:
+    """How far ``value`` lies from the nearest edge of its verdict band (threshold ± margin), in units of the
+    measured ``noise``; None without a finite value, margin or positive noise. Below 1, a rerun with other float
+    rounding (another CPU type) or another seed can move the value across the edge and flip the verdict."""
+    if value is None or noise is None or not math.isfinite(value) or not math.isfinite(claim.margin) or noise <= 0:
+        return None
+    signed = OPS[claim.op](value - claim.threshold)
+    return min(abs(signed - claim.margin), abs(signed + claim.margin)) / noise
+
+
 def _finite(value: Any) -> float | None:
     if value is None:
         return None
@@ -155,6 +167,7 @@ def build_ledger(claims: dict[str, Claim], values: dict[str, float | None],
             "precondition": None if pre is None else {**asdict(pre), "value": pre_value, "held": held},
             "noise": {"source": claim.margin_source, "metric": claim.noise_metric, "value": noise,
                       "multiple": claim.margin_noise_multiple},
+            "edge_distance_noise": None if pre is not None and not held else edge_distance(value, claim, noise),
             "by_construction": claim.by_construction,
             "revisions": [asdict(r) for r in claim.revisions],
             "evidence": (evidence or {}).get(claim.metric, {}),
@@ -204,6 +217,9 @@ def render_markdown(ledger: dict[str, Any]) -> str:
                          + ("held" if pre["held"] else "failed"))
         if row.get("revisions"):
             notes.append(f"{len(row['revisions'])} revision(s) after results were seen")
+        edge = row.get("edge_distance_noise")
+        if edge is not None and edge < 1:
+            notes.append(f"fragile: {edge:.2g} noise SD from a band edge")
         verdict_cell = f"**{row['verdict']}**" + (f" ({'; '.join(notes)})" if notes else "")
         lines.append(f"| {row['id']} | {_cell(row['statement'])} | {value} | `{row['criterion']}` | {_cell(source)} "
                      f"| {_cell(verdict_cell)} |")

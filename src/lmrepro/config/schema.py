@@ -24,6 +24,8 @@ class HFSourceConfig:
     text_field: str = "text"
     data_files: str | None = None
     max_documents: int | None = bounded(None, min=2)
+    revision: str | None = bounded(None, doc="Hub commit id to read; null: the default branch's commit at the "
+                                             "first run, recorded in data/corpus/manifest.json")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -37,25 +37,27 @@ def stream_hf_documents(
     data_files: Any = None,
     max_documents: int | None = None,
     min_chars: int = 1,
+    revision: str | None = None,
 ) -> Iterator[tuple[str, str]]:
     """Yield (doc_id, text) from a streamed HF dataset, doc_id = f"{split}:{index}".
 
     ``index`` is the row's position in the source split (counted before the ``min_chars`` filter),
     so ids stay stable when the filter changes. At most ``max_documents`` documents are yielded.
-    A missing ``text_field`` raises DataError listing the available columns.
+    A missing ``text_field`` raises DataError listing the available columns. ``revision``: the Hub commit
+    to read (:func:`lmrepro.data.revisions.resolve_revision`), None for local data.
     """
     _check_positive_int("max_documents", max_documents)
     if isinstance(min_chars, bool) or not isinstance(min_chars, int) or min_chars < 0:
         raise DataError(f"min_chars must be a non-negative integer, got {min_chars!r}")
     if not isinstance(text_field, str) or not text_field:
         raise DataError(f"text_field must be a non-empty column name, got {text_field!r}")
-    return _stream(path, name, split, text_field, data_files, max_documents, min_chars)
+    return _stream(path, name, split, text_field, data_files, max_documents, min_chars, revision)
 
 
-def _stream(path, name, split, text_field, data_files, max_documents, min_chars) -> Iterator[tuple[str, str]]:
+def _stream(path, name, split, text_field, data_files, max_documents, min_chars, revision) -> Iterator[tuple[str, str]]:
     import datasets  # lazy: importing datasets is slow and only the paper profile needs it
 
-    ds = datasets.load_dataset(path, name, split=split, data_files=data_files, streaming=True)
+    ds = datasets.load_dataset(path, name, split=split, data_files=data_files, streaming=True, revision=revision)
     # Check declared features first so a wrong column fails before any row is downloaded.
     features = getattr(ds, "features", None)
     if features is not None and text_field not in features:

@@ -14,6 +14,7 @@ from ..config import DataConfig, TokenizerConfig
 from ..paths import Paths
 from .corpus import build_stdlib_manifest, iter_documents, list_stdlib_files, stdlib_root, write_manifest
 from .hf_source import stream_hf_documents, write_hf_corpus
+from .revisions import resolve_revision
 from .shards import write_shards
 from .tokenizer import encode_texts, eos_id, save_tokenizer, train_bpe_tokenizer
 
@@ -21,7 +22,10 @@ SPLITS = ("train", "validation")
 
 
 def build_corpus(cfg: DataConfig, paths: Paths) -> dict:
-    """Record the corpus in ``data/corpus/manifest.json`` (stdlib: file list + sha256; hf: JSONL copies)."""
+    """Record the corpus in ``data/corpus/manifest.json`` (stdlib: file list + sha256; hf: JSONL copies, with
+    the Hub commit they came from in ``meta.revision``)."""
+    # Resolved before the old corpus is deleted: an offline or unknown revision must not cost the data we have.
+    revision = resolve_revision(cfg.hf.path, cfg.hf.revision, "data.hf.revision") if cfg.source == "hf" else None
     if paths.corpus.exists():
         shutil.rmtree(paths.corpus)
     paths.corpus.mkdir(parents=True)
@@ -31,8 +35,10 @@ def build_corpus(cfg: DataConfig, paths: Paths) -> dict:
         manifest = build_stdlib_manifest(root, files, cfg.val_fraction, cfg.seed)
     else:
         hf = cfg.hf
-        docs = stream_hf_documents(hf.path, hf.name, hf.split, hf.text_field, hf.data_files, hf.max_documents)
-        meta = {"path": hf.path, "name": hf.name, "split": hf.split, "text_field": hf.text_field}
+        docs = stream_hf_documents(hf.path, hf.name, hf.split, hf.text_field, hf.data_files, hf.max_documents,
+                                   revision=revision)
+        meta = {"path": hf.path, "name": hf.name, "split": hf.split, "text_field": hf.text_field,
+                "revision": revision}
         manifest = write_hf_corpus(docs, paths.corpus, cfg.val_fraction, cfg.seed, meta)
     write_manifest(manifest, paths.manifest)
     return manifest

@@ -35,6 +35,7 @@ from .. import provenance
 from ..config import TrainConfig, fingerprint
 from ..data import ChunkSampler, ShardedTokens, eval_windows
 from ..eval.loss import evaluate_loss
+from ..paths import shown
 from ..models import DecoderLM, LMSpec
 from ..ops.dispatch import reset_backends_used
 from . import checkpoint as ckpt
@@ -159,7 +160,7 @@ class Trainer:
                 log.warning("checkpoint %s is damaged (%s); kept as %s, trying the previous one", folder, err,
                             damaged.name)
                 continue
-            log.info("resuming from %s (step %d)", folder, state["step"])
+            log.info("resuming from %s (step %d)", shown(folder), state["step"])
             return model, optimizer, scheduler, state
         return (*self._build(), None)
 

@@ -44,6 +44,8 @@ class HFTextConfig:
     split: str = "train"
     text_field: str = "text"
     data_files: str | None = None
+    revision: str | None = bounded(None, doc="Hub commit id; null: the default branch's commit at the run, "
+                                             "recorded in the task summary")
     max_documents: int = bounded(min=2, doc="documents read (both splits)")
 
 

@@ -106,14 +106,17 @@ def build_domain(cfg: Config, paths: Paths, tokenizer) -> tuple[dict[str, dict[s
     else:
         from ...data.corpus import assign_split
         from ...data.hf_source import stream_hf_documents
+        from ...data.revisions import resolve_revision
 
         h = t.hf
-        docs = list(stream_hf_documents(h.path, h.name, h.split, h.text_field, h.data_files, h.max_documents))
+        revision = resolve_revision(h.path, h.revision, "lora_alpha.tasks.domain.hf.revision")
+        docs = list(stream_hf_documents(h.path, h.name, h.split, h.text_field, h.data_files, h.max_documents,
+                                        revision=revision))
         split = {doc_id: assign_split(doc_id, t.val_fraction, section(cfg).seed) for doc_id, _ in docs}
 
         def texts(name):
             return (text for doc_id, text in docs if split[doc_id] == name)
-        meta = {"source": f"hf:{h.path}", "documents": len(docs)}
+        meta = {"source": f"hf:{h.path}", "revision": revision, "documents": len(docs)}
     train = windows_from_texts(tokenizer, texts("train"), t.seq_len, t.train_windows)
     val = windows_from_texts(tokenizer, texts("validation"), t.seq_len, t.val_windows)
     select, report = interleaved_halves(lm_tensors(val))
@@ -135,19 +138,21 @@ def build_reasoning(cfg: Config, paths: Paths, tokenizer) -> tuple[dict[str, dic
         tensors["select"], tensors["report"] = interleaved_halves(encode_examples(val, tokenizer, t.max_len))
         meta = {"source": "synthetic", "example": train[0].__dict__}
     else:
+        from ...data.revisions import resolve_revision
         from ...lora.hf_models import hf_sft_dataset
 
         h = t.hf
+        revision = resolve_revision(h.path, h.revision, "lora_alpha.tasks.reasoning.hf.revision")
         data = hf_sft_dataset(h.path, tokenizer, t.max_len, name=h.name, split=h.split, prompt_field=h.prompt_field,
                               response_field=h.response_field, messages_field=h.messages_field,
-                              data_files=h.data_files, max_examples=h.max_examples, revision=h.revision)
+                              data_files=h.data_files, max_examples=h.max_examples, revision=revision)
         n = data["input_ids"].shape[0]
         if n <= h.val_examples:
             raise ValueError(f"{h.path}: {n} usable examples, not more than val_examples={h.val_examples}")
         cut = n - h.val_examples
         tensors = {"train": {k: v[:cut] for k, v in data.items()}}
         tensors["select"], tensors["report"] = interleaved_halves({k: v[cut:] for k, v in data.items()})
-        meta = {"source": f"hf:{h.path}"}
+        meta = {"source": f"hf:{h.path}", "revision": revision}
     meta.update({f"{split}_examples": int(v["input_ids"].shape[0]) for split, v in tensors.items()})
     supervised = tensors["train"]["labels"][:, 1:] != IGNORE_INDEX
     meta["supervised_tokens_per_example"] = float(supervised.sum(1).float().mean())
