@@ -25,6 +25,10 @@ $(VENV)/.setup-done: pyproject.toml requirements/lock.txt
 	$(BIN)/python -m pip install --quiet torch==2.13.0
 	$(BIN)/python -m pip install --quiet -c requirements/lock.txt -e ".[dev]"
 	$(BIN)/python -m ipykernel install --sys-prefix --name lmrepro --display-name "Python (lmrepro)" >/dev/null
+	# Running or viewing a notebook leaves `git status` clean: Jupyter saves notebooks/ without outputs and keeps
+	# results/ read-only (lmrepro.jupyter); git stores notebooks/ through the same clean filter (.gitattributes).
+	$(BIN)/python -m lmrepro.jupyter install >/dev/null
+	! git rev-parse --git-dir >/dev/null 2>&1 || $(BIN)/python -m lmrepro.notebooks install-filter >/dev/null
 	test -d .dvc || $(BIN)/dvc init --quiet
 	touch $@
 
@@ -72,9 +76,10 @@ kernel-check: setup
 	@$(BIN)/python scripts/gpu_check.py --interpret
 
 # The project root is Lab's root (results/, params.yaml and the READMEs open from the file browser); it opens on
-# notebooks/.
+# notebooks/. As root (containers, cloud nodes) Jupyter needs --allow-root; LAB_ARGS passes more (e.g. --no-browser).
 lab: setup
-	$(BIN)/jupyter lab --ServerApp.root_dir=. --LabApp.default_url=/lab/tree/notebooks
+	$(BIN)/jupyter lab --ServerApp.root_dir=. --LabApp.default_url=/lab/tree/notebooks \
+	  $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
 notebooks-clean: setup
 	$(BIN)/python -m lmrepro.notebooks clean notebooks

@@ -392,3 +392,18 @@ def test_autocast_dtype_table(precision, device, want):
         assert autocast_dtype(precision, device, strict=True) is want
     assert autocast_dtype(precision) is autocast_dtype(precision, default_device())
     assert default_device().type == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_progress_lines_and_live_csv_while_training(spec, cfg, token_dirs, tmp_path, caplog):
+    """A text line every `progress_every_steps` (tokens/s, loss, ETA) in the stage's log, and the per-step CSV
+    written as it goes: a run stopped at step 6 of 12 has its first 6 rows on disk."""
+    import logging
+
+    t = trainer(spec, replace(cfg, progress_every_steps=3), token_dirs, tmp_path)
+    with caplog.at_level(logging.INFO, logger="lmrepro.train.trainer"):
+        t.fit(until_step=6)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]
+    assert [ln.split()[1] for ln in lines] == ["3/12", "6/12"]
+    assert all("tok/s" in ln and "ETA" in ln and "loss" in ln for ln in lines)
+    with open(tmp_path / "out" / "log.csv") as fh:
+        assert [int(r["step"]) for r in csv.DictReader(fh)] == list(range(1, 7))

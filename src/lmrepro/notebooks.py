@@ -1,7 +1,9 @@
 """Keep committed notebooks clean: no outputs, no execution counts, stable metadata.
 
-``python -m lmrepro.notebooks clean [paths…]`` rewrites notebooks in place (run it before committing
-a notebook you edited in JupyterLab); ``check`` lists what is not clean and exits 1 if anything is.
+``python -m lmrepro.notebooks clean [paths…]`` rewrites notebooks in place; ``check`` lists what is not clean and
+exits 1 if anything is; ``filter`` reads one notebook on stdin and writes its clean form to stdout — the git clean
+filter ``install-filter`` registers for ``notebooks/`` (see ``.gitattributes``), so a notebook that JupyterLab saved
+with outputs is what git stores without them: ``git status`` stays clean and nothing has to be cleaned by hand.
 """
 
 from __future__ import annotations
@@ -25,9 +27,10 @@ def _notebooks(paths: list[str]) -> list[Path]:
     return [p for p in found if ".ipynb_checkpoints" not in p.parts]
 
 
-def problems(path: str | Path) -> list[str]:
-    """What makes ``path`` unclean (empty list when clean)."""
-    nb = nbformat.read(str(path), as_version=4)
+def problems(path: str | Path, text: str | None = None) -> list[str]:
+    """What makes the notebook unclean (empty list when clean): the file at ``path``, or ``text`` (its content
+    from elsewhere, e.g. a git blob) with ``path`` only naming it."""
+    nb = nbformat.reads(Path(path).read_text() if text is None else text, as_version=4)
     out = []
     if dict(nb.metadata) != NOTEBOOK_METADATA:
         out.append(f"{path}: notebook metadata must be exactly {NOTEBOOK_METADATA}")
@@ -45,28 +48,53 @@ def problems(path: str | Path) -> list[str]:
     return out
 
 
-def clean(path: str | Path) -> bool:
-    """Strip outputs and volatile metadata in place; give cells stable ids. Returns True if changed."""
-    before = Path(path).read_text()
-    nb = nbformat.read(str(path), as_version=4)
+def cleaned(text: str) -> str:
+    """A notebook's JSON text without outputs and volatile metadata, with stable cell ids."""
+    nb = nbformat.reads(text, as_version=4)
     nb.metadata = nbformat.from_dict(NOTEBOOK_METADATA)
     for i, cell in enumerate(nb.cells):
-        cell.metadata = nbformat.from_dict({k: v for k, v in cell.metadata.items() if k in CELL_METADATA_KEYS})
+        cell.metadata = nbformat.from_dict({k: v for k, v in cell.metadata.items()
+                                            if k in CELL_METADATA_KEYS and v})  # papermill adds empty tags
         cell.id = f"c{i:02d}"
         if cell.cell_type == "code":
             cell.outputs, cell.execution_count = [], None
     nbformat.validate(nb)
-    text = nbformat.writes(nb) + "\n"
+    return nbformat.writes(nb) + "\n"
+
+
+def clean(path: str | Path) -> bool:
+    """Clean the notebook at ``path`` in place. Returns True if it changed."""
+    before = Path(path).read_text()
+    text = cleaned(before)
     Path(path).write_text(text)
     return text != before
 
 
+GIT_FILTER = "lmrepro-notebook"  # the name .gitattributes gives notebooks/**/*.ipynb
+
+
+def install_filter(repo: str | Path = ".") -> str:
+    """Register the git clean filter in ``repo``'s local config (``make setup`` runs this). The command names this
+    interpreter, so git cleans with the environment that has lmrepro. Returns the command."""
+    import subprocess
+
+    command = f"'{sys.executable}' -m lmrepro.notebooks filter"
+    subprocess.run(["git", "config", f"filter.{GIT_FILTER}.clean", command], cwd=repo, check=True)
+    return command
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] not in ("clean", "check"):
+    if not argv or argv[0] not in ("clean", "check", "filter", "install-filter"):
         print(__doc__)
         return 2
     command, paths = argv[0], argv[1:]
+    if command == "filter":
+        sys.stdout.write(cleaned(sys.stdin.read()))
+        return 0
+    if command == "install-filter":
+        print(f"git filter {GIT_FILTER}: {install_filter()}")
+        return 0
     if command == "clean":
         for nb in _notebooks(paths):
             if clean(nb):

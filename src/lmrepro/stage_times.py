@@ -10,6 +10,10 @@ and ``cpu_utilization`` (CPU seconds ÷ wall seconds ÷ cores: 1.0 = every core 
 training throughput (tokens/s of the laptop full-attention model, as ``make bench`` measures it) so timings from
 two machines can be compared. Totals: ``wall_s`` (all stages), ``wall_s_by_lock`` (per pipeline), ``fixed_cost_s``
 (overhead + setup over all stages: what every stage pays before its work starts).
+
+``render_markdown`` turns this into the README's timing table (between ``<!-- timings -->`` markers, written by
+``python -m lmrepro.analysis.claims`` with the ledgers), so every time the README states is read from the executed
+notebooks and nowhere typed in.
 """
 
 from __future__ import annotations
@@ -72,6 +76,35 @@ def collect(root: Path) -> dict:
             "cpu_utilization": (round(sum(r["cpu_s"] for r in cpu) / sum(r["wall_s"] * r["cores"] for r in cpu), 3)
                                 if cpu else None),
             "stages_with_cpu": len(cpu)}
+
+
+def paper_of(lock: str) -> str:
+    """``pipelines/<paper>/dvc.lock`` → paper; the root lock holds the foundation stages."""
+    parts = Path(lock).parts
+    return parts[1] if len(parts) == 3 and parts[0] == "pipelines" else "foundation"
+
+
+def render_markdown(collected: dict) -> str:
+    """Per paper: stages, wall minutes and when they last ran; then every stage in a collapsed table."""
+    papers: dict[str, list[dict]] = {}
+    for row in collected["stages"]:
+        papers.setdefault(paper_of(row["lock"]), []).append(row)
+    day = lambda r: (r["finished"] or "")[:10]  # noqa: E731
+    lines = ["| paper | stages | wall time (min) | stages last ran |", "| --- | ---: | ---: | --- |"]
+    for paper, rows in papers.items():
+        days = sorted({day(r) for r in rows} - {""})
+        ran = days[0] if len(days) == 1 else f"{days[0]} … {days[-1]}" if days else "?"
+        lines.append(f"| {paper} | {len(rows)} | {sum(r['wall_s'] for r in rows) / 60:.1f} | {ran} |")
+    lines.append(f"| **all** | {len(collected['stages'])} | **{collected['wall_s'] / 60:.1f}** | |")
+    lines += ["", f"Fixed cost (kernel start, papermill, the notebooks' setup cells): "
+                  f"{collected['fixed_cost_s'] / 60:.1f} min over all stages.", "",
+              "<details><summary>every stage</summary>", "",
+              "| paper | stage | wall (s) | CPU use (1 = every core) | finished |", "| --- | --- | ---: | ---: | --- |"]
+    for paper, rows in papers.items():
+        for r in rows:
+            use = f"{r['cpu_utilization']:.2f}" if r.get("cpu_utilization") is not None else ""
+            lines.append(f"| {paper} | `{r['stage']}` | {r['wall_s']:.0f} | {use} | {day(r)} |")
+    return "\n".join(lines + ["", "</details>"])
 
 
 def main(argv: list[str] | None = None) -> int:

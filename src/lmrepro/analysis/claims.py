@@ -260,19 +260,26 @@ def publish(results: str | Path, paper: str, profile: str, criteria: dict[str, C
     return table
 
 
-def update_readme(readme: str | Path, ledgers: dict[str, str | Path]) -> bool:
+def replace_block(text: str, name: str, body: str, where: str = "README.md") -> str:
+    """``text`` with the part between ``<!-- name -->`` and ``<!-- /name -->`` replaced by ``body``."""
+    pattern = re.compile(rf"<!-- {re.escape(name)} -->.*?<!-- /{re.escape(name)} -->", re.S)
+    if not pattern.search(text):
+        raise ValueError(f"{where}: no <!-- {name} --> … <!-- /{name} --> markers")
+    return pattern.sub(lambda _: f"<!-- {name} -->\n{body}\n<!-- /{name} -->", text)
+
+
+def update_readme(readme: str | Path, ledgers: dict[str, str | Path], timings: str | None = None) -> bool:
     """Replace the text between ``<!-- claims:<paper> -->`` and ``<!-- /claims:<paper> -->`` markers in the
-    README with each paper's rendered ledger. Returns True if the file changed."""
+    README with each paper's rendered ledger, and, given ``timings`` (``stage_times.render_markdown``), the
+    ``<!-- timings -->`` block. Returns True if the file changed."""
     readme = Path(readme)
     text = original = readme.read_text()
     for paper, path in ledgers.items():
         ledger = json.loads(Path(path).read_text())
-        block = (f"<!-- claims:{paper} -->\n_{ledger['profile']} profile_\n\n{render_markdown(ledger)}\n"
-                 f"<!-- /claims:{paper} -->")
-        pattern = re.compile(rf"<!-- claims:{re.escape(paper)} -->.*?<!-- /claims:{re.escape(paper)} -->", re.S)
-        if not pattern.search(text):
-            raise ValueError(f"{readme}: no <!-- claims:{paper} --> … <!-- /claims:{paper} --> markers")
-        text = pattern.sub(lambda _: block, text)
+        text = replace_block(text, f"claims:{paper}", f"_{ledger['profile']} profile_\n\n{render_markdown(ledger)}",
+                             str(readme))
+    if timings is not None:
+        text = replace_block(text, "timings", timings, str(readme))
     readme.write_text(text)
     return text != original
 
@@ -291,13 +298,15 @@ def summary(ledgers: dict[str, str | Path]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m lmrepro.analysis.claims [--check] [--summary PATH]``: render every paper's ledger into
-    README.md (between its markers) and optionally write the verdict counts; with --check, only report
-    whether README.md is up to date (exit 1 if not)."""
+    """``python -m lmrepro.analysis.claims [--check] [--summary PATH]``: render every paper's ledger and the stage
+    timings (read from the executed notebooks, ``lmrepro.stage_times``) into README.md (between their markers)
+    and optionally write the verdict counts; with --check, only report whether README.md is up to date (exit 1
+    if not)."""
     import argparse
     import shutil
     import tempfile
 
+    from .. import stage_times
     from ..config import paper_schemas
     from ..paths import project_paths
 
@@ -309,15 +318,16 @@ def main(argv: list[str] | None = None) -> int:
     ledgers = {p: paths.results(p) / "claims.json" for p in paper_schemas()
                if (paths.results(p) / "claims.json").is_file()}
     readme = paths.root / "README.md"
+    timings = stage_times.render_markdown(stage_times.collect(paths.root))
     if args.check:
         with tempfile.TemporaryDirectory() as tmp:
             copy = Path(tmp) / "README.md"
             shutil.copy(readme, copy)
-            stale = update_readme(copy, ledgers)
-        print("README.md claims tables are "
+            stale = update_readme(copy, ledgers, timings)
+        print("README.md claims and timing tables are "
               + ("stale: run python -m lmrepro.analysis.claims" if stale else "up to date"))
         return 1 if stale else 0
-    changed = update_readme(readme, ledgers)
+    changed = update_readme(readme, ledgers, timings)
     if args.summary:
         args.summary.parent.mkdir(parents=True, exist_ok=True)
         args.summary.write_text(json.dumps(summary(ledgers), indent=2, sort_keys=True) + "\n")

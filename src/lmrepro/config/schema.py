@@ -123,6 +123,12 @@ class TrainConfig:
     eval_windows: int = bounded(8, min=1)
     precision: str = bounded("auto", choices=("auto", "fp32", "bf16"))
     seed: int = bounded(0, min=0)
+    # Memory at paper scale; neither changes the function trained (tests/test_loss_memory.py).
+    loss_chunk_tokens: int = bounded(0, min=0, doc="cross-entropy over this many positions at a time, the full "
+                                                   "fp32 logits never held (0: all at once)")
+    activation_checkpointing: bool = False
+    progress_every_steps: int = bounded(0, min=0, doc="period of the progress line (tokens/s, loss, ETA) and of "
+                                                      "the live per-step CSV; 0: every 5% of the run")
 
     @property
     def tokens_per_step(self) -> int:

@@ -8,9 +8,11 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .cache import DecodeCache, LayerCache
 from .layers import RMSNorm, SwiGLU
+from .loss import summed_cross_entropy
 from .mixers import MIXERS
 from .spec import LayerSpec, LMSpec
 from .varwidth import block_spec, readout_width, residual_width, width_changes
@@ -59,7 +61,13 @@ class DecoderLM(nn.Module):
             self.width_projections = nn.ModuleDict({
                 str(i): nn.Linear(spec.widths[i - 1], spec.widths[i], bias=False) for i in width_changes(spec)
             })
+        # Trainer switch (train.activation_checkpointing): recompute each block in backward instead of keeping
+        # its activations; training only, never with a decode cache.
+        self.activation_checkpointing = False
         self.reset_parameters()
+
+    def _block(self, i: int, x: torch.Tensor, positions: torch.Tensor, cache: LayerCache | None) -> torch.Tensor:
+        return self.layers[i](x, positions, cache)
 
     def reset_parameters(self) -> None:
         """Normal(0, std) for embeddings and linear weights; residual output projections scaled by
@@ -123,7 +131,12 @@ class DecoderLM(nn.Module):
         states = [x] if keep_states else None
         for i, layer in enumerate(self.layers):
             layer_cache = cache.layers[i] if cache is not None else None
-            x = self._var_block(i, x, positions, layer_cache) if varwidth else layer(x, positions, layer_cache)
+            block = self._var_block if varwidth else self._block
+            if self.activation_checkpointing and self.training and torch.is_grad_enabled() and cache is None:
+                # Keeps only the block's input; backward recomputes the block (the same function, less memory).
+                x = checkpoint(block, i, x, positions, layer_cache, use_reentrant=False)
+            else:
+                x = block(i, x, positions, layer_cache)
             if keep_states:
                 states.append(x)
         if cache is not None:
@@ -162,11 +175,20 @@ class DecoderLM(nn.Module):
         for constant width, else ``varwidth.residual_width``; "zero"/"learned" streams zero-padded to W)."""
         return self._run(input_ids, None, keep_states=True)[1]
 
-    def forward(self, input_ids: torch.Tensor, cache: DecodeCache | None = None) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, cache: DecodeCache | None = None, *,
+                targets: torch.Tensor | None = None, target_weights: torch.Tensor | None = None,
+                loss_chunk: int = 0) -> torch.Tensor:
         """input_ids [B, T] → logits [B, T, V]. With ``cache`` (see :meth:`new_cache`) the tokens continue
-        the sequence already processed: attention appends to its KV cache, linear mixers carry their state."""
+        the sequence already processed: attention appends to its KV cache, linear mixers carry their state.
+
+        With ``targets`` [B, T] (the next-token ids) it returns instead the summed cross-entropy, an fp32 scalar
+        (each position × ``target_weights`` [B, T] when given), computed ``loss_chunk`` positions at a time when
+        > 0 so the [B·T, V] fp32 logits never exist at once (``models.loss``). Inside forward, so DDP and FSDP
+        see every parameter used."""
         x, _ = self._run(input_ids, cache, keep_states=False)
-        return self.readout(x)
+        if targets is None:
+            return self.readout(x)
+        return summed_cross_entropy(self.readout, x, targets, target_weights, loss_chunk)
 
     def new_cache(self) -> DecodeCache:
         return DecodeCache.empty(len(self.layers))

@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
@@ -45,8 +44,10 @@ from .schedule import lr_multiplier
 
 log = logging.getLogger(__name__)
 
-# Fields that do not change the trained weights: editing them must not discard resumable checkpoints.
-_NON_SEMANTIC = ("save_every_steps", "keep_checkpoints", "log_every_steps", "eval_every_steps", "eval_windows")
+# Fields that do not change the trained weights (how a run is computed or logged, not what): editing them must not
+# discard resumable checkpoints.
+_NON_SEMANTIC = ("save_every_steps", "keep_checkpoints", "log_every_steps", "eval_every_steps", "eval_windows",
+                 "loss_chunk_tokens", "activation_checkpointing", "progress_every_steps")
 
 
 class ForeignCheckpointError(ValueError):
@@ -132,6 +133,7 @@ class Trainer:
     def _build(self):
         set_seed(self.cfg.seed)
         model = DecoderLM(self.spec)
+        model.activation_checkpointing = self.cfg.activation_checkpointing
         optimizer = build_optimizer(model, self.cfg)
         total = self.cfg.max_steps
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer,
@@ -196,6 +198,7 @@ class Trainer:
             log.info("training steps %d..%d of %d on %d processes (%s, %s)", start + 1, stop, total, world,
                      acc.device, acc.mixed_precision)
         t0 = time.perf_counter()
+        every = cfg.progress_every_steps or max(1, total // 20)
         for step in range(start, stop):
             batch = self.sampler.batch(step, cfg.batch_size)[rank * per_proc:(rank + 1) * per_proc]
             micro = batch.split(cfg.micro_batch_size)
@@ -210,12 +213,8 @@ class Trainer:
                 # Only the last micro-batch synchronizes gradients across processes.
                 sync = contextlib.nullcontext() if i == len(micro) - 1 else acc.no_sync(model)
                 with sync, acc.autocast():
-                    logits = model(mb[:, :-1])
-                    if weights is None:
-                        loss = F.cross_entropy(logits.float().flatten(0, 1), mb[:, 1:].flatten(), reduction="sum")
-                    else:
-                        ce = F.cross_entropy(logits.float().flatten(0, 1), mb[:, 1:].flatten(), reduction="none")
-                        loss = (ce * weights[i].to(acc.device).flatten()).sum()
+                    loss = model(mb[:, :-1], targets=mb[:, 1:], loss_chunk=cfg.loss_chunk_tokens,
+                                 target_weights=None if weights is None else weights[i])
                     # × world undoes DDP's gradient averaging.
                     acc.backward(loss * (world / norm))
                 loss_sum += loss.detach().double()
@@ -236,6 +235,8 @@ class Trainer:
                 rows.append(row)
             bar.update(1)
             bar.set_postfix(loss=f"{loss_value:.3f}")
+            if acc.is_main_process and (done % every == 0 or done == stop):
+                self._progress(done, start, total, loss_value, time.perf_counter() - t0, rows)
             crossed = [b for b in budgets if tokens - global_tokens < b <= tokens]
             for b in crossed:
                 self._save_budget(model, b, tokens)
@@ -258,6 +259,16 @@ class Trainer:
         budget_dirs = {b: self.out_dir / f"budget-{b}" for b in budgets}
         return TrainResult(rows, final_dir, budget_dirs, resumed_from_step=start or None, completed=completed,
                            step=max(start, stop))
+
+    def _progress(self, done: int, start: int, total: int, loss: float, elapsed: float, rows: list[dict]) -> None:
+        """One text line (a stage's log in `dvc repro` and the notebook shows it; tqdm's bar is not shown there)
+        and the per-step CSV so far, so a long stage can be watched and plotted while it trains."""
+        rate = (done - start) * self.cfg.tokens_per_step / max(elapsed, 1e-9)
+        eta = (total - done) * self.cfg.tokens_per_step / rate
+        log.info("step %d/%d (%.0f%%)  loss %.4f  %s tok/s  elapsed %s  ETA %s", done, total, 100 * done / total,
+                 loss, f"{rate:,.0f}", _clock(elapsed), _clock(eta))
+        if self.log_path and rows:
+            write_rows(self.log_path, rows)
 
     def _weights(self, step: int) -> torch.Tensor | None:
         """[batch_size, seq_len] loss weights of the global batch ``step``, or None (plain token mean)."""
@@ -325,6 +336,12 @@ class Trainer:
                 resumed_from_step=start or None, processes=self.accelerator.num_processes, op_backends=self._backends(),
                 parameters=self.accelerator.unwrap_model(model).num_parameters(),
                 train_tokens=self.train_tokens.num_tokens))
+
+
+def _clock(seconds: float) -> str:
+    """4000.0 → '1:06:40'."""
+    s = int(round(seconds))
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
 
 
 ROW_COLUMNS = ("step", "tokens", "loss", "lr", "grad_norm", "elapsed_s")
