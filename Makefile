@@ -9,9 +9,12 @@ BIN := $(CURDIR)/$(VENV)/bin
 PROFILE ?=
 PYTEST_ARGS ?= -n 2 --dist loadfile
 export PATH := $(BIN):$(PATH)
-# No telemetry, no Hub access from code paths that would otherwise try.
+# No telemetry; no Hub access except for the paper profile, which downloads its data and Llama-3.2-1B (the
+# params-check stage checks access first: lmrepro.hub).
 export DVC_NO_ANALYTICS := 1
+ifneq ($(value PROFILE),paper)
 export HF_HUB_OFFLINE ?= 1
+endif
 export TOKENIZERS_PARALLELISM := false
 
 .PHONY: setup repro test bench stage-times gpu-check kernel-check vendor notebooks-clean notebooks-check lock lab
@@ -23,7 +26,7 @@ $(VENV)/.setup-done: pyproject.toml requirements/lock.txt
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# torch first and pinned: this resolves to the CPU build here; an unpinned torch pulls a CUDA build.
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -c requirements/lock.txt -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -c requirements/lock.txt -e ".[pipeline,lora,dev]"
 	$(BIN)/python -m ipykernel install --sys-prefix --name lmrepro --display-name "Python (lmrepro)" >/dev/null
 	# Running or viewing a notebook leaves `git status` clean: Jupyter saves notebooks/ without outputs and keeps
 	# results/ read-only (lmrepro.jupyter); git stores notebooks/ through the same clean filter (.gitattributes).

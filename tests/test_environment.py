@@ -16,7 +16,7 @@ def _name(requirement: str) -> str:
 def _pyproject() -> dict[str, str]:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     reqs = list(project["dependencies"])
-    for extra in ("gpu", "dev"):
+    for extra in ("pipeline", "lora", "gpu", "dev"):
         reqs += project["optional-dependencies"][extra]
     return {_name(r): r.replace(" ", "") for r in reqs}
 

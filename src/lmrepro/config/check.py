@@ -9,7 +9,9 @@ alike). It checks, in order:
 1. every value that the pipelines' ``dvc.yaml`` files interpolate (``${profile}``, the ``foreach`` lists) is a
    plain identifier — these values reach a shell;
 2. params.yaml and every profile file, with the project's loader (YAML 1.2 as DVC reads it, duplicate keys
-   refused, every key typed and bounded).
+   refused, every key typed and bounded);
+3. for a profile that downloads (paper), that the Hub serves each repository it names to this machine — a gated
+   model without a login fails here, not days later (``lmrepro.hub``; exit status 3, the parameters untouched).
 
 Its output holds constant text on purpose: a valid edit must not make every stage rerun (what each stage
 reads is in its own ``params`` list). After a success it keeps a copy of the parameter files; after a
@@ -146,6 +148,14 @@ def main(argv: list[str] | None = None) -> int:
                   "as <file>.rejected).", file=sys.stderr)
         return 2
     remember(root)
+    from ..hub import problems as hub_problems  # the profile's downloads, before any stage needs them
+
+    unreachable = hub_problems(cfg)
+    if unreachable:
+        print("params check: the parameters are valid, but this machine cannot read what profile "
+              f"{cfg.profile} downloads:\n  " + "\n  ".join(unreachable) + "\nNothing was run, removed or changed.",
+              file=sys.stderr)
+        return 3
     stamp = root / STAMP
     stamp.parent.mkdir(parents=True, exist_ok=True)
     stamp.write_text(STAMP_TEXT)
