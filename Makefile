@@ -4,8 +4,14 @@
 # Other profiles: `make repro PROFILE=paper` runs `dvc exp run -S profile=paper` (a tracked DVC experiment);
 # each profile's scale lives in profiles/<profile>.yaml.
 PYTHON ?= python3
-VENV := .venv
-BIN := $(CURDIR)/$(VENV)/bin
+# Where the packages live. Default: the project's own .venv, built here with the CPU torch. Inside the activated
+# conda environment of environment.yml (GPU machines) or the Docker image (which sets LMREPRO_ENV), that
+# environment already holds the pinned packages and CUDA torch: setup only adds the project, never a CPU .venv.
+ifeq ($(CONDA_DEFAULT_ENV),lmrepro)
+LMREPRO_ENV ?= $(CONDA_PREFIX)
+endif
+VENV := $(or $(LMREPRO_ENV),$(CURDIR)/.venv)
+BIN := $(VENV)/bin
 PROFILE ?=
 PYTEST_ARGS ?= -n 2 --dist loadfile
 export PATH := $(BIN):$(PATH)
@@ -22,11 +28,16 @@ export TOKENIZERS_PARALLELISM := false
 setup: $(VENV)/.setup-done
 
 $(VENV)/.setup-done: pyproject.toml requirements/lock.txt
+ifeq ($(LMREPRO_ENV),)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# torch first and pinned: this resolves to the CPU build here; an unpinned torch pulls a CUDA build.
 	$(BIN)/python -m pip install --quiet torch==2.13.0
 	$(BIN)/python -m pip install --quiet -c requirements/lock.txt -e ".[pipeline,lora,dev]"
+else
+	test -x $(BIN)/python || { echo "LMREPRO_ENV=$(LMREPRO_ENV) has no bin/python"; exit 2; }
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+endif
 	$(BIN)/python -m ipykernel install --sys-prefix --name lmrepro --display-name "Python (lmrepro)" >/dev/null
 	# Running or viewing a notebook leaves `git status` clean: Jupyter saves notebooks/ without outputs and keeps
 	# results/ read-only (lmrepro.jupyter); git stores notebooks/ through the same clean filter (.gitattributes).
