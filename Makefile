@@ -1,8 +1,8 @@
 # Two commands for a fresh machine (see README):
 #   make repro   – set up, then regenerate every figure with `dvc repro` (profile from params.yaml, default laptop)
 #   make test    – set up, then run the test suite
-# Other profiles: `make repro PROFILE=paper` runs `dvc exp run -S profile=paper` (a tracked DVC experiment);
-# each profile's scale lives in profiles/<profile>.yaml.
+# Other profiles: `make repro PROFILE=paper` runs `dvc exp run --temp -S profile=paper` (a DVC experiment outside
+# the workspace: the committed laptop results stay as they are); each profile's scale lives in profiles/<profile>.yaml.
 PYTHON ?= python3
 # Where the packages live. Default: the project's own .venv, built here with the CPU torch. Inside the activated
 # conda environment of environment.yml (GPU machines) or the Docker image (which sets LMREPRO_ENV), that
@@ -23,7 +23,7 @@ export HF_HUB_OFFLINE ?= 1
 endif
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup repro test bench stage-times gpu-check kernel-check vendor notebooks-clean notebooks-check lock lab
+.PHONY: setup repro test remote bench stage-times gpu-check kernel-check vendor notebooks-clean notebooks-check lock lab
 
 setup: $(VENV)/.setup-done
 
@@ -56,12 +56,25 @@ $(error PROFILE must be one of smoke, laptop, paper (or unset for the default); 
 endif
 endif
 export PROFILE
+# Another profile never touches the committed results: it runs as a DVC experiment in a temporary copy of the
+# project (committed files plus uncommitted changes to tracked ones); `dvc exp show` lists it, `dvc exp apply`
+# promotes it, `dvc exp push` shares it (README "Profiles as experiments").
 repro: setup
-	@if [ -z "$$PROFILE" ]; then dvc repro; else dvc exp run -S "profile=$$PROFILE"; fi
+	@if [ -z "$$PROFILE" ]; then dvc repro; \
+	else dvc exp run --temp --name "$$PROFILE-$$(date +%Y%m%d-%H%M%S)" -S "profile=$$PROFILE"; fi
 
 test: setup
 	$(BIN)/ruff check src tests scripts benchmarks
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The project's default DVC remote, for `dvc push` / `dvc pull` (README "Sharing results"), with the DVC plugin its
+# scheme needs: URL=s3://bucket/path | gs://… | azure://… | ssh://user@host/path | a folder; ENDPOINT=http://host:port
+# for an S3-compatible server. Like PROFILE, URL and ENDPOINT reach the shell only as environment variables.
+remote: export LMREPRO_REMOTE_URL := $(value URL)
+remote: export LMREPRO_REMOTE_ENDPOINT := $(value ENDPOINT)
+remote: setup
+	@test -n "$$LMREPRO_REMOTE_URL" || { echo "usage: make remote URL=s3://bucket/path (or gs://, azure://, ssh://, a folder) [ENDPOINT=http://host:port]" >&2; exit 2; }
+	@$(BIN)/python -m lmrepro.remote --install "$$LMREPRO_REMOTE_URL" $${LMREPRO_REMOTE_ENDPOINT:+--endpoint "$$LMREPRO_REMOTE_ENDPOINT"}
 
 bench: setup
 	$(BIN)/python benchmarks/ops_cpu.py

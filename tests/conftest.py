@@ -121,3 +121,31 @@ def tool_env(**extra) -> dict:
     bin_dir = Path(sys.executable).parent
     return {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1",
             "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **extra}
+
+
+S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                  "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """An S3-compatible server (moto's, in a thread) on 127.0.0.1: its endpoint URL, e.g. http://127.0.0.1:40123.
+    Its test credentials are set in this process's environment (boto reads nothing from ~/.aws then); pass
+    ``S3_CREDENTIALS`` to subprocesses through ``tool_env(**S3_CREDENTIALS)``."""
+    import os
+
+    moto_server = pytest.importorskip("moto.server")
+    for key, value in S3_CREDENTIALS.items():
+        os.environ[key] = value
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+def make_bucket(endpoint: str, name: str) -> None:
+    import boto3
+
+    boto3.client("s3", endpoint_url=endpoint, **{k.lower(): v for k, v in S3_CREDENTIALS.items()
+                                                  if k != "AWS_DEFAULT_REGION"}).create_bucket(Bucket=name)

@@ -35,7 +35,7 @@ def _lookup(params: dict, expr: str):
 
 def dvc_training_stages() -> set[str]:
     """Every training stage of the DVC files, named as ``dvc repro`` takes them (foreach expanded): the stages
-    that persist training checkpoints (pretraining) or depend on the LoRA package (fine-tuning)."""
+    named for pretraining or that depend on the LoRA package (fine-tuning)."""
     from lmrepro import yaml12
 
     params = yaml12.load(ROOT / "params.yaml")
@@ -44,9 +44,7 @@ def dvc_training_stages() -> set[str]:
         prefix = "" if path.parent == ROOT else f"{path.relative_to(ROOT).as_posix()}:"
         for name, stage in yaml12.load(path)["stages"].items():
             body = stage.get("do", stage)
-            outs = [next(iter(o)) if isinstance(o, dict) else o for o in body.get("outs", [])]
-            trains = (any(o.startswith("data/checkpoints/") for o in outs)
-                      or "src/lmrepro/lora" in body.get("deps", []))
+            trains = name.endswith("pretrain") or "src/lmrepro/lora" in body.get("deps", [])
             if not trains:
                 continue
             items = _lookup(params, stage["foreach"]) if "foreach" in stage else [None]

@@ -3,6 +3,7 @@ huggingface_hub client against a Hub endpoint served on 127.0.0.1 (HF_ENDPOINT) 
 the way the Hub does for a gated model (403, X-Error-Code: GatedRepo), a missing repository (404, RepoNotFound)
 and a public one (200)."""
 
+import hashlib
 import json
 import subprocess
 import threading
@@ -34,6 +35,11 @@ def test_offline_with_a_downloading_profile_is_one_clear_problem(monkeypatch):
     assert "HF_HUB_OFFLINE is set" in msg and GATED in msg and "lora_alpha.hf_model.name" in msg
 
 
+def commit_of(repo: str) -> str:
+    """The fake Hub's current commit of ``repo`` (40 hex digits, distinct per repository)."""
+    return hashlib.sha1(repo.encode()).hexdigest()
+
+
 class FakeHubAccess(BaseHTTPRequestHandler):
     """/api/<type>s/<repo>/auth-check as the Hub answers it; every request is recorded."""
 
@@ -42,16 +48,22 @@ class FakeHubAccess(BaseHTTPRequestHandler):
     def do_GET(self):  # noqa: N802 (http.server's name)
         FakeHubAccess.seen.append(self.path)
         status, code = 200, None
+        if not self.path.endswith("auth-check"):  # repository info: public metadata, gated or not
+            repo = self.path.split("?")[0].split("/", 3)[3]
+            return self._send(200, {"id": repo, "sha": commit_of(repo), "private": False})
         if self.path.startswith(f"/api/models/{GATED}/auth-check"):
             status, code = 403, "GatedRepo"
         elif self.path.startswith(f"/api/datasets/{MISSING}/auth-check"):
             status, code = 404, "RepoNotFound"
-        body = json.dumps({"error": code} if code else {}).encode()
+        self._send(status, {"error": code} if code else {}, code)
+
+    def _send(self, status: int, data: dict, error_code: str | None = None) -> None:
+        body = json.dumps(data).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
-        if code:
-            self.send_header("X-Error-Code", code)
+        if error_code:
+            self.send_header("X-Error-Code", error_code)
         self.end_headers()
         self.wfile.write(body)
 
@@ -89,3 +101,35 @@ def test_params_check_stops_a_paper_run_on_a_gated_model_before_any_stage(tmp_pa
                                                ("dataset", "open-web-math/open-web-math"), ("dataset", MISSING)])
     assert (root / "params.yaml").read_text() == before  # valid parameters are never rolled back
     assert not (root / STAMP).exists()  # so DVC runs no stage after it
+
+
+def test_pin_writes_the_current_commits_into_the_profile_and_keeps_its_layout(tmp_path, fake_hub):
+    """`python -m lmrepro.hub pin --profile paper`: each Hub dataset's and the model's current commit goes into the
+    revision setting beside it; nothing else in the file changes; pinned settings stay unless --update."""
+    root = pipeline_copy(tmp_path / "project")
+    profile = root / "profiles/paper.yaml"
+    before = profile.read_text().splitlines()
+    env = {k: v for k, v in tool_env(HF_ENDPOINT=fake_hub).items() if k != "HF_HUB_OFFLINE"}
+    out = subprocess.run(["python", "-m", "lmrepro.hub", "pin"], cwd=root, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    cfg = load_config(root / "params.yaml", profile="paper")
+    assert cfg.data.hf.revision == commit_of("HuggingFaceFW/fineweb-edu")
+    la = cfg.papers["lora_alpha"]
+    assert la.hf_model.revision == commit_of(GATED)
+    assert la.tasks.domain.hf.revision == commit_of("open-web-math/open-web-math")
+    assert la.tasks.reasoning.hf.revision == commit_of(MISSING)
+    after = profile.read_text().splitlines()
+    changed = [(a, b) for a, b in zip(before, after) if a != b]
+    assert len(after) == len(before) and len(changed) == 4
+    assert all(a.strip() == "revision: null" and b.strip().startswith('revision: "') for a, b in changed)
+    # pinned stays pinned; --update would move it
+    again = subprocess.run(["python", "-m", "lmrepro.hub", "pin"], cwd=root, env=env, capture_output=True, text=True)
+    assert again.returncode == 0 and again.stdout.count("already pinned") == 4
+    assert profile.read_text().splitlines() == after
+
+
+def test_pin_offline_says_why(tmp_path):
+    root = pipeline_copy(tmp_path / "project")
+    out = subprocess.run(["python", "-m", "lmrepro.hub", "pin"], cwd=root, env=tool_env(), capture_output=True,
+                         text=True)
+    assert out.returncode == 3 and "HF_HUB_OFFLINE is set" in out.stderr

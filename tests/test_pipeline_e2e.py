@@ -20,9 +20,9 @@ BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.slow
 
 
-def _run(cmd: list[str], cwd: Path, timeout: int = 2400) -> subprocess.CompletedProcess:
+def _run(cmd: list[str], cwd: Path, timeout: int = 2400, env: dict | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(cwd / "src"),
-           "DVC_NO_ANALYTICS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+           "DVC_NO_ANALYTICS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **(env or {})}
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -186,3 +186,99 @@ def test_lora_sweep_runs_at_the_learning_rate_the_full_ft_stage_pre_registered(r
         assert set(sweep[sweep.lr_multiplier == 1.0].lr) == {chosen["base_lr"]}
         methods = pd.read_csv(results / "methods" / task / "runs.csv")
         assert set(methods[methods.method == "lora_alpha_rank"].lr) == {chosen["base_lr"]}
+
+
+@pytest.mark.parametrize("store", ["folder", "s3"])
+def test_results_travel_through_a_dvc_remote(repo, store, tmp_path, request):
+    """`make remote`'s command, `dvc push` from this clone, `git clone` + `dvc pull` into a second: its
+    `dvc status` is clean, and an evaluation and its report rerun there from the pulled model, with no training.
+    ``s3``: an S3-compatible server on 127.0.0.1 through DVC's own S3 plugin."""
+    from conftest import S3_CREDENTIALS, make_bucket
+
+    env = {**S3_CREDENTIALS}
+    if store == "s3":
+        endpoint = request.getfixturevalue("s3_server")
+        make_bucket(endpoint, "lmrepro-remote")
+        url, extra = "s3://lmrepro-remote/dvc", ["--endpoint", endpoint]
+    else:
+        url, extra = str(tmp_path / "remote"), []
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    assert _run([*git, "add", "-A"], repo).returncode == 0
+    _run([*git, "commit", "-qm", "results"], repo)  # nothing to commit after the first parametrization
+    config = (repo / ".dvc/config").read_text()
+    try:
+        added = _run([sys.executable, "-m", "lmrepro.remote", url, *extra], repo)
+        assert added.returncode == 0 and "default DVC remote 'storage'" in added.stdout, added.stderr
+        assert _run([*git, "commit", "-qam", "remote"], repo).returncode == 0
+        pushed = _run(["dvc", "push"], repo, env=env)
+        assert pushed.returncode == 0 and "pushed" in pushed.stdout, pushed.stdout[-2000:] + pushed.stderr[-2000:]
+
+        clone = tmp_path / "clone"
+        assert _run(["git", "clone", "-q", str(repo), str(clone)], tmp_path).returncode == 0
+        assert not (clone / "data").exists()
+        pulled = _run(["dvc", "pull"], clone, env=env)
+        assert pulled.returncode == 0, pulled.stdout[-2000:] + pulled.stderr[-2000:]
+        status = _run(["dvc", "status", "--json"], clone, env=env)
+        assert status.returncode == 0 and json.loads(status.stdout) == {}, status.stdout[-3000:]
+
+        rerun = _run(["dvc", "repro", "--force", "--single-item", "foundation-evaluate", "foundation-report"], clone,
+                     env=env)
+        assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+        ran = [line for line in rerun.stdout.splitlines() if line.startswith("Running stage")]
+        assert ran == ["Running stage 'foundation-evaluate':", "Running stage 'foundation-report':"]
+        assert not (clone / "data/checkpoints").exists()  # nothing trained
+        for name in ("results/foundation/metrics.json", "results/foundation/loss_by_position.csv"):
+            assert (clone / name).read_bytes() == (repo / name).read_bytes(), name
+        # only the summary is behind now: it renders the stage timings of the notebooks just rerun
+        assert json.loads(_run(["dvc", "status", "--json"], clone, env=env).stdout) == {
+            "summary": [{"changed deps": {"results/foundation/notebooks": "modified"}}]}
+    finally:
+        (repo / ".dvc/config").write_text(config)
+        _run([*git, "commit", "-qam", "no remote"], repo)
+
+
+def test_another_profile_runs_as_an_experiment_outside_the_workspace(repo):
+    """`make repro PROFILE=…` is `dvc exp run --temp`: the profile's results land in the experiment (a git ref that
+    `dvc exp show` lists and `dvc exp apply` would promote), never in the workspace's committed results."""
+    plan = _run(["make", "-n", "-o", "setup", "repro", "PROFILE=laptop", f"VENV={sys.prefix}"], repo)
+    assert plan.returncode == 0 and 'dvc exp run --temp --name "$PROFILE-' in plan.stdout, plan.stdout
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    _run([*git, "add", "-A"], repo)
+    _run([*git, "commit", "-qm", "results"], repo)
+    tracked = ["params.yaml", "dvc.lock", *(str(p.relative_to(repo)) for p in (repo / "results").rglob("*")
+                                            if p.is_file())]
+    before = {name: (repo / name).read_bytes() for name in tracked}
+
+    out = _run(["dvc", "exp", "run", "--temp", "--name", "laptop-check", "-S", "profile=laptop", "params-check"], repo)
+    assert out.returncode == 0 and "Running stage 'params-check'" in out.stdout, out.stdout[-3000:] + out.stderr
+    assert {name: (repo / name).read_bytes() for name in tracked} == before
+    assert _run(["git", "status", "--porcelain"], repo).stdout == ""
+    refs = _run(["git", "for-each-ref", "--format=%(refname)", "refs/exps"], repo).stdout.split()
+    [ref] = [r for r in refs if r.endswith("/laptop-check")]
+    assert "profile: laptop" in _run(["git", "show", f"{ref}:params.yaml"], repo).stdout
+    # the experiment commit holds the switched profile and the lock of the stage that ran with it
+    assert _run(["git", "diff", "--name-only", "HEAD", ref], repo).stdout.split() == ["dvc.lock", "params.yaml"]
+    shown = _run(["dvc", "exp", "show", "--json"], repo)
+    assert shown.returncode == 0 and "laptop-check" in shown.stdout
+
+
+def test_a_stage_mirrors_its_checkpoints_to_the_projects_remote(repo, tmp_path):
+    """With a default DVC remote, a training stage uploads its resumable checkpoints there as it trains (here every
+    one: LMREPRO_MIRROR_MINUTES=0), and the retrained model is the recorded one (`dvc status` clean)."""
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    config = (repo / ".dvc/config").read_text()
+    remote = tmp_path / "remote"
+    try:
+        assert _run([sys.executable, "-m", "lmrepro.remote", str(remote)], repo).returncode == 0
+        shutil.rmtree(repo / "data/checkpoints/baseline")
+        out = _run(["dvc", "repro", "--force", "--single-item", "foundation-pretrain"], repo,
+                   env={"LMREPRO_MIRROR_MINUTES": "0", "LMREPRO_CHECKPOINT_MIRROR": ""})
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+        assert "resumable checkpoints are mirrored to storage" in out.stdout
+        [run] = [p for p in (repo / "data/checkpoints/baseline").iterdir() if p.is_dir()]  # and the run lock
+        local = sorted(p.name for p in run.glob("step-*"))
+        assert local and all((remote / "checkpoints" / run.name / s / "state.json").is_file() for s in local)
+        assert json.loads(_run(["dvc", "status", "--json", "foundation-pretrain"], repo).stdout) == {}
+    finally:
+        (repo / ".dvc/config").write_text(config)
+        _run([*git, "commit", "-qam", "no remote"], repo)

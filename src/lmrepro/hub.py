@@ -70,3 +70,82 @@ def problems(cfg) -> list[str]:
         except Exception as err:  # HTTP status or the network layer (its exception types vary by version)
             out.append(f"{n.key}: cannot reach the Hub to check {n.repo_id}: {type(err).__name__}: {err}")
     return out
+
+
+# -- pinning ---------------------------------------------------------------------------------------------------
+def revision_key(need: Need) -> str:
+    """The profile setting that pins ``need``'s commit: ``….hf.path`` → ``….hf.revision``, ``hf_model.name`` →
+    ``hf_model.revision``."""
+    return need.key.rsplit(".", 1)[0] + ".revision"
+
+
+def current_commit(need: Need) -> str:
+    """The commit the default branch of ``need``'s repository points to now (one Hub request)."""
+    from huggingface_hub import HfApi
+
+    info = HfApi().dataset_info if need.repo_type == "dataset" else HfApi().model_info
+    return info(need.repo_id).sha
+
+
+def pin(profile_file: str | Path, cfg, update: bool = False) -> list[str]:
+    """Write the current commit of every Hub repository ``cfg`` reads into ``profile_file`` where its revision
+    is null (``update``: everywhere), so every later run reads exactly that data and that model. The file is
+    edited in place, comments and layout kept (ruamel's round trip); one line per setting is returned."""
+    from ruamel.yaml import YAML
+    from ruamel.yaml.scalarstring import DoubleQuotedScalarString
+
+    path = Path(profile_file)
+    yaml = YAML(typ="rt", pure=True)
+    yaml.preserve_quotes, yaml.width = True, 4096
+    # nulls stay written as `null` (ruamel's round trip would leave them empty)
+    yaml.representer.add_representer(type(None), lambda r, _: r.represent_scalar("tag:yaml.org,2002:null", "null"))
+    doc = yaml.load(path.read_text())
+    report = []
+    for need in needs(cfg):
+        key = revision_key(need)
+        *parents, leaf = key.split(".")
+        node = doc
+        for part in parents:
+            node = node.setdefault(part, {})
+        old = node.get(leaf)
+        if old is not None and not update:
+            report.append(f"{key}: {need.repo_id} already pinned at {old}")
+            continue
+        sha = current_commit(need)
+        node[leaf] = DoubleQuotedScalarString(sha)  # quoted: an all-digit commit id is a string, not a number
+        report.append(f"{key}: {need.repo_id} pinned at {sha}" + (f" (was {old})" if old is not None else ""))
+    with path.open("w") as fh:
+        yaml.dump(doc, fh)
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import sys
+
+    from .config import load_config
+    from .paths import find_params
+
+    parser = argparse.ArgumentParser(prog="python -m lmrepro.hub", description="Hub access and data pins.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("pin", help="write the current commit of every Hub dataset and model a profile reads into "
+                                   "profiles/<profile>.yaml (only where its revision is null, unless --update)")
+    p.add_argument("--profile", default="paper")
+    p.add_argument("--update", action="store_true", help="replace revisions that are already pinned")
+    args = parser.parse_args(argv)
+    cfg = load_config(profile=args.profile)
+    if not needs(cfg):
+        print(f"profile {args.profile} reads nothing from the Hub: nothing to pin")
+        return 0
+    if _offline():
+        print("error: HF_HUB_OFFLINE is set; pinning asks the Hub for the current commits", file=sys.stderr)
+        return 3
+    profile_file = find_params().parent / "profiles" / f"{args.profile}.yaml"
+    for line in pin(profile_file, cfg, args.update):
+        print(line)
+    print(f"commit {profile_file.name}: every later run reads these commits")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -62,7 +62,7 @@ class Paths:
         return self.data / paper
 
     def paper_checkpoints(self, paper: str) -> Path:
-        """A paper's resumable checkpoints (persistent, uncached): data/checkpoints/<paper>/."""
+        """A paper's resumable checkpoints: data/checkpoints/<paper>/ (not a DVC output, so never removed by DVC)."""
         return self.data / "checkpoints" / paper
 
     def pipeline(self, paper: str) -> Path:

@@ -55,6 +55,19 @@ def record_resources(path: Path, wall_s: float, cpu_s: float) -> None:
     nbformat.write(nb, str(path))
 
 
+def workspace_env() -> dict[str, str]:
+    """This process's environment, with the project's ``src`` first on the kernel's path: a stage runs the package
+    of the workspace it runs in (the code DVC hashed as its deps), also in the copy that ``dvc exp run --temp`` or
+    a queued experiment runs in, where the installed (editable) package still points at the main checkout."""
+    from .paths import find_params
+
+    env = dict(os.environ)
+    src = find_params().parent / "src"
+    if (src / "lmrepro").is_dir():
+        env["PYTHONPATH"] = os.pathsep.join([str(src), *filter(None, [env.get("PYTHONPATH")])])
+    return env
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lmrepro.run_notebook", description=__doc__.split("\n")[0])
     parser.add_argument("input")
@@ -66,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, value in args.parameter:
         cmd += ["-p", name, value]
     proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            bufsize=1)
+                            bufsize=1, env=workspace_env())
     papermill = psutil.Process(proc.pid)
     state = {"interrupts": 0, "stopped": None}
 

@@ -21,6 +21,7 @@ from typing import Any
 from .analysis.claims import CLAIMS_FILE, Claim, load_criteria, publish
 from .config import Config, ConfigError, load_config
 from .paths import Paths, project_paths
+from .train.mirror import activate_for_project
 
 FOUNDATION = "foundation"
 
@@ -67,4 +68,7 @@ def setup(paper: str, profile: str | None = None) -> Stage:
     stage.results.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(asctime)s %(name)s: %(message)s")
     print(f"profile: {cfg.profile}   paper: {paper}   results: {stage.results.relative_to(paths.root)}")
+    mirror = activate_for_project(paths.root)
+    if mirror:
+        print(f"resumable checkpoints are mirrored to {mirror} (LMREPRO_CHECKPOINT_MIRROR; off: =off)")
     return stage

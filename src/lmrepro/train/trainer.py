@@ -40,6 +40,7 @@ from ..ops.dispatch import reset_backends_used
 from . import checkpoint as ckpt
 from .device import autocast_dtype, default_device
 from .guard import RunInterrupted, RunLock, Watch
+from .mirror import CheckpointMirror
 from .schedule import lr_multiplier
 
 log = logging.getLogger(__name__)
@@ -101,7 +102,8 @@ class Trainer:
     def __init__(self, spec: LMSpec, cfg: TrainConfig, train_dir: str | Path, out_dir: str | Path,
                  ckpt_dir: str | Path, val_dir: str | Path | None = None, log_path: str | Path | None = None,
                  provenance_path: str | Path | None = None, run_config: Any = None,
-                 accelerator: Accelerator | None = None, progress: bool = True, sampler=None):
+                 accelerator: Accelerator | None = None, progress: bool = True, sampler=None,
+                 mirror: CheckpointMirror | None | str = "env"):
         self.spec, self.cfg = spec, cfg
         self.accelerator = accelerator or make_accelerator(cfg.precision)
         self.train_tokens = ShardedTokens(train_dir)
@@ -124,6 +126,9 @@ class Trainer:
         self.run_dir = Path(ckpt_dir)  # locked while training (one trainer per run folder)
         self.ckpt_dir = self.run_dir / self.fingerprint
         self._earlier_backends: dict[str, str] = {}  # op backends of the steps before a resume
+        # Where checkpoints are mirrored ("env": LMREPRO_CHECKPOINT_MIRROR); each machine's first process restores.
+        local_main = self.accelerator.is_local_main_process
+        self.mirror = (CheckpointMirror.from_env() if mirror == "env" else mirror) if local_main else None
         world = self.accelerator.num_processes
         if cfg.batch_size % (cfg.micro_batch_size * world):
             raise ValueError(f"train.batch_size {cfg.batch_size} must be a multiple of micro_batch_size × processes "
@@ -143,7 +148,11 @@ class Trainer:
     def _resume(self):
         """(model, optimizer, scheduler, state): from the newest checkpoint that loads, else fresh (state None).
         A damaged checkpoint is renamed ``<name>.damaged`` (kept, never deleted) and the previous one tried; a
-        checkpoint of another run (fingerprint) is refused."""
+        checkpoint of another run (fingerprint) is refused. A mirrored checkpoint newer than every local one (a
+        run preempted on another machine) is downloaded first."""
+        if self.mirror is not None:
+            self.mirror.pull(self.ckpt_dir, self.fingerprint)
+        self.accelerator.wait_for_everyone()
         for folder in reversed(ckpt.list_checkpoints(self.ckpt_dir)):
             model, optimizer, scheduler = self._build()
             try:
@@ -243,10 +252,12 @@ class Trainer:
             saved = done % cfg.save_every_steps == 0 or done == stop
             if saved:
                 self._save_checkpoint(model, optimizer, scheduler, done, rows)
+                self._mirror(done)
             reason = self._stop_reason(watch) if done < stop else None
             if reason:
                 if not saved:
                     self._save_checkpoint(model, optimizer, scheduler, done, rows)
+                self._mirror(done, now=True)  # a preemption's SIGTERM: this may be the machine's last minute
                 bar.close()
                 raise RunInterrupted(f"training stopped after step {done} of {total}: {reason}; a resumable "
                                      f"checkpoint is in {self.ckpt_dir} (rerun to continue)")
@@ -303,6 +314,18 @@ class Trainer:
                                  self.accelerator.unwrap_model(model), optimizer, scheduler, state)
             ckpt.prune_checkpoints(self.ckpt_dir, self.cfg.keep_checkpoints)
         self.accelerator.wait_for_everyone()
+
+    def _mirror(self, step: int, now: bool = False) -> None:
+        """Upload checkpoint ``step`` when a mirror is configured and due (or ``now``). A failed upload is logged
+        and training goes on: the local checkpoints are intact, and the next upload may succeed."""
+        if self.mirror is None or not self.accelerator.is_main_process or not (now or self.mirror.due()):
+            return
+        try:
+            self.mirror.push(self.ckpt_dir / f"{ckpt.STEP_PREFIX}{step:07d}", self.fingerprint,
+                             self.cfg.keep_checkpoints)
+        except Exception as err:  # noqa: BLE001 — any store error (OSError, botocore's ClientError, ...)
+            log.warning("could not mirror checkpoint step %d to %s (%s: %s); training goes on", step,
+                        self.mirror.root, type(err).__name__, err)
 
     def _backends(self) -> dict[str, str]:
         """Per op, every backend this run used, in order of first use, joined by "," (as backends_used)."""

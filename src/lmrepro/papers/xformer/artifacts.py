@@ -26,7 +26,7 @@ def models(paths: Paths, variant: str) -> Path:
 
 
 def checkpoints(paths: Paths, variant: str) -> Path:
-    """Resumable checkpoints of every run of ``variant`` (persistent, uncached)."""
+    """Resumable checkpoints of every run of ``variant`` (not a DVC output, so never removed by DVC)."""
     return paths.paper_checkpoints(PAPER) / variant
 
 

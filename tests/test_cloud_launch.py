@@ -1,0 +1,115 @@
+"""The cloud launch (cloud/sky/node.yaml, cloud/setup.sh, cloud/run.sh) without a cloud account: SkyPilot's own
+loader parses the task (SkyPilot in a venv of its own, as requirements/skypilot.txt says), and the task's setup and
+run commands run here in dry-run mode, printing the commands a node would run, which are then checked against the
+real tools (the DVC targets exist, the make targets exist)."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import tool_env
+
+from lmrepro import yaml12
+
+ROOT = Path(__file__).resolve().parents[1]
+TASK = ROOT / "cloud/sky/node.yaml"
+
+
+@pytest.fixture(scope="module")
+def sky_python(tmp_path_factory) -> Path:
+    """A venv with the pinned SkyPilot (about 45 s from the package index)."""
+    venv = tmp_path_factory.mktemp("sky") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    subprocess.run([str(venv / "bin/python"), "-m", "pip", "install", "--quiet", "-r",
+                    str(ROOT / "requirements/skypilot.txt")], check=True, capture_output=True)
+    return venv / "bin/python"
+
+
+LOAD = """
+import json, sys
+import sky
+from sky.utils import yaml_utils
+config = yaml_utils.read_yaml(sys.argv[1])
+try:  # the loader checks the task schema: a misspelled key is refused
+    sky.Task.from_yaml_config({**config, "resorces": config["resources"]})
+    sys.exit("a misspelled key was accepted")
+except ValueError:
+    pass
+task = sky.Task.from_yaml_config(config, env_overrides=[("DVC_REMOTE", "s3://bucket/lmrepro")],
+                                 secrets_overrides=[("HF_TOKEN", "hf_test")])
+print(json.dumps({"nodes": task.num_nodes, "setup": task.setup, "run": task.run, "envs": task.envs,
+                  "secrets": sorted(task.secrets), "workdir": task.workdir,
+                  "accelerators": [r.accelerators for r in task.resources],
+                  "disk": [r.disk_size for r in task.resources]}))
+"""
+
+
+def test_skypilot_loads_the_task(sky_python):
+    out = subprocess.run([str(sky_python), "-c", LOAD, str(TASK)], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    task = json.loads(out.stdout.splitlines()[-1])
+    assert task["nodes"] == 1 and task["workdir"] == "."
+    assert sorted(a for acc in task["accelerators"] for a in acc.items()) == [("A100-80GB", 8), ("H100", 8),
+                                                                             ("H200", 8)]
+    assert task["setup"] == "bash cloud/setup.sh" and task["run"] == "bash cloud/run.sh"
+    assert task["envs"]["DVC_REMOTE"] == "s3://bucket/lmrepro" and task["envs"]["PROFILE"] == "paper"
+    assert task["secrets"] == ["HF_TOKEN"]
+
+
+def dry_run(command: str, **envs: str) -> subprocess.CompletedProcess:
+    """The task's ``setup`` or ``run`` command as SkyPilot runs it (bash, the task's envs), in dry-run mode."""
+    task = yaml12.loads(TASK.read_text())
+    env = tool_env(**{k: str(v) for k, v in task["envs"].items()}, LMREPRO_DRY_RUN="1")
+    env.update(envs)
+    return subprocess.run(["bash", "-c", task[command]], cwd=ROOT, env=env, capture_output=True, text=True)
+
+
+def planned(out: subprocess.CompletedProcess) -> list[list[str]]:
+    """The commands a dry run printed, each as its words (`conda run … -n lmrepro` stripped)."""
+    assert out.returncode == 0, out.stderr
+    words = [shlex.split(line[2:]) for line in out.stdout.splitlines() if line.startswith("+ ")]
+    return [w[5:] if w[:5] == ["conda", "run", "--no-capture-output", "-n", "lmrepro"] else w for w in words]
+
+
+def test_setup_installs_the_environment_configures_the_remote_and_pulls():
+    plan = planned(dry_run("setup", DVC_REMOTE="s3://bucket/lmrepro", DVC_REMOTE_ENDPOINT="http://10.0.0.2:9000"))
+    assert plan[0][:3] in (["conda", "env", "create"], ["conda", "env", "update"]) and plan[0][-1] == "environment.yml"
+    assert plan[1:] == [["make", "setup"],
+                        ["make", "remote", "URL=s3://bucket/lmrepro", "ENDPOINT=http://10.0.0.2:9000"],
+                        ["dvc", "pull", "--allow-missing"]]
+    make = subprocess.run(["make", "-n", "-o", "setup", "remote", "URL=s3://bucket/lmrepro"], cwd=ROOT,
+                          env=tool_env(), capture_output=True, text=True)
+    assert make.returncode == 0 and "lmrepro.remote --install" in make.stdout
+    assert "--allow-missing" in subprocess.run(["dvc", "pull", "--help"], capture_output=True, text=True,
+                                               env=tool_env()).stdout
+
+
+@pytest.mark.parametrize("paper, target", [("xformer", ["pipelines/xformer/dvc.yaml"]),
+                                           ("foundation", ["foundation-report"]), ("all", [])])
+def test_run_starts_the_paper_as_an_experiment_and_pushes_it(paper, target):
+    plan = planned(dry_run("run", DVC_REMOTE="s3://bucket/lmrepro", PAPER=paper))
+    (exp_run, exp_push) = plan
+    assert exp_run[:4] == ["dvc", "exp", "run", "--temp"] and exp_run[6:] == ["-S", "profile=paper", *target]
+    name = exp_run[5]
+    assert re.fullmatch(rf"paper-{paper}-\d{{8}}-\d{{6}}", name)
+    assert exp_push == ["dvc", "exp", "push", "origin", name]
+    # the targets are real stages and pipeline files of this project
+    for t in target:
+        listed = subprocess.run(["dvc", "stage", "list", t], cwd=ROOT, env=tool_env(), capture_output=True, text=True)
+        assert listed.returncode == 0, listed.stderr
+
+
+@pytest.mark.parametrize("envs, message", [
+    ({"DVC_REMOTE": ""}, "set DVC_REMOTE"),
+    ({"DVC_REMOTE": "s3://b/p", "PAPER": "xformers"}, "PAPER must be one of foundation, hybrid_attention"),
+    ({"DVC_REMOTE": "s3://b/p", "PROFILE": "large"}, "PROFILE must be one of smoke, laptop, paper"),
+])
+def test_a_wrong_setting_stops_before_anything_runs(envs, message):
+    out = dry_run("run", **envs)
+    assert out.returncode == 2 and message in out.stderr and "+ " not in out.stdout
