@@ -120,14 +120,18 @@ def test_sigkill_during_a_checkpoint_write_resumes_bit_identical(job, reference,
     assert_same_weights(reference, load_model(tmp_path / "out" / "final"))
 
 
-def test_ctrl_c_saves_a_checkpoint_at_the_step_boundary_and_says_so(job, reference, tmp_path):
+@pytest.mark.parametrize("sig, reason", [(signal.SIGINT, "interrupted (Ctrl-C)"),
+                                         (signal.SIGTERM, "terminated (SIGTERM: preempted or stopped)")])
+def test_ctrl_c_or_sigterm_saves_a_checkpoint_at_the_step_boundary_and_says_so(job, reference, tmp_path, sig,
+                                                                              reason):
+    """SIGTERM is a preemption's notice (cloud spot machines, schedulers, `docker stop`): handled like Ctrl-C."""
     proc = start(job, tmp_path)
     wait_for(checkpoints_at_least(tmp_path, 1), what="a checkpoint")
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 3, stderr[-2000:]
     (line,) = [x for x in stdout.splitlines() if x.startswith("STOPPED")]
-    assert "interrupted (Ctrl-C)" in line and "rerun to continue" in line
+    assert reason in line and "rerun to continue" in line
     stopped_at = int(line.split("after step ")[1].split()[0])
     assert ckpt.list_checkpoints(run_folder(tmp_path))[-1].name == f"step-{stopped_at:07d}"
     result = finish(job, tmp_path)

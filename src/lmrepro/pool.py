@@ -52,20 +52,36 @@ def _call(fn: Callable, job: Any) -> Any:
 
 
 def run_jobs(fn: Callable, jobs: Sequence[Any], shared: tuple = (), *, threads: int = 1,
-             workers: int | None = None, on_result: Callable[[int, Any], None] | None = None) -> list:
+             workers: int | None = None, on_result: Callable[[int, Any], None] | None = None,
+             launch=None) -> list:
     """``[fn(*shared, job) for job in jobs]``, in the order of ``jobs``.
 
     fn: a module-level function (workers import it by name). shared: arguments common to every job (a config,
     a base model, data), sent once to each worker. threads: torch threads of every run — also in the serial
     case, so results are the same for any worker count. workers: None → :func:`worker_count`.
     on_result(index, result): called here as each job finishes (progress logs), in completion order.
+    launch: the profile's ``LaunchConfig`` for functions that train through the Trainer; when it means more
+    than one process, every job runs on that many processes, one job after another (:mod:`lmrepro.launch`).
     A failing job stops the pool and re-raises its exception, naming the job.
     """
     import torch
 
+    from .launch import processes
+
     jobs = list(jobs)
     n = worker_count(len(jobs)) if workers is None else max(1, min(workers, len(jobs)))
     out: list = [None] * len(jobs)
+    if processes(launch) > 1:
+        from .launch import run
+
+        for i, job in enumerate(jobs):
+            try:
+                out[i] = run(fn, shared, job, processes(launch), threads)
+            except Exception as e:
+                raise RuntimeError(f"job {i} ({job!r}) failed: {e}") from e
+            if on_result:
+                on_result(i, out[i])
+        return out
     if n == 1:
         before = torch.get_num_threads()
         torch.set_num_threads(threads)

@@ -23,15 +23,16 @@ from typing import Any
 
 from .. import yaml12
 from ..paths import PARAMS_FILE, ProjectNotFound, find_params
-from .schema import Config, DataConfig, EvalConfig, HFSourceConfig, ModelConfig, TokenizerConfig, TrainConfig
+from .schema import (Config, DataConfig, EvalConfig, HFSourceConfig, LaunchConfig, ModelConfig, TokenizerConfig,
+                     TrainConfig)
 from .schema_tools import ConfigError, build
 
 PROFILES = ("smoke", "laptop", "paper")
 PROFILE_DIR = "profiles"
-CORE_SECTIONS = ("data", "tokenizer", "model", "train", "eval")
+CORE_SECTIONS = ("data", "tokenizer", "model", "train", "eval", "launch")
 
 __all__ = [
-    "Config", "ConfigError", "DataConfig", "EvalConfig", "HFSourceConfig", "ModelConfig",
+    "Config", "ConfigError", "DataConfig", "EvalConfig", "HFSourceConfig", "LaunchConfig", "ModelConfig",
     "TokenizerConfig", "TrainConfig", "PROFILES", "load_config", "load_params", "find_params",
     "config_to_dict", "fingerprint", "derive", "paper_schemas", "profile_path",
 ]
@@ -146,7 +147,7 @@ def load_config(path: str | Path | None = None, profile: str | None = None) -> C
             raise ConfigError(f"{where}: {extra[0]}: unknown section; allowed are {allowed[1:]}")
         args = (shared, block, where)
         core = {s: _build_section(cls, s, *args) for s, cls in
-                zip(CORE_SECTIONS, (DataConfig, TokenizerConfig, ModelConfig, TrainConfig, EvalConfig))}
+                zip(CORE_SECTIONS, (DataConfig, TokenizerConfig, ModelConfig, TrainConfig, EvalConfig, LaunchConfig))}
         papers = {paper: _build_section(schema, paper, *args) for paper, schema in schemas.items()
                   if paper in shared or paper in block}
         cfg = Config(profile=name, **core, papers=papers)

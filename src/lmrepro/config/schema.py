@@ -163,6 +163,15 @@ class EvalConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class LaunchConfig:
+    """How many processes train each run of a training stage (not what they compute: the global batch, the
+    schedule and the precision are the run's, so a run gives the same numbers on any count, to float rounding)."""
+
+    processes: int | None = bounded(None, min=1, doc="processes per run: null = every visible CUDA GPU (1 on a "
+                                    "machine without CUDA); above 1 each run trains under `accelerate launch` (DDP)")
+
+
+@dataclass(frozen=True, kw_only=True)
 class Config:
     """One resolved profile. ``profile`` is the name it was resolved from.
 
@@ -176,6 +185,7 @@ class Config:
     model: ModelConfig
     train: TrainConfig
     eval: EvalConfig
+    launch: LaunchConfig = field(default_factory=LaunchConfig)
     papers: dict[str, Any] = field(default_factory=dict)
 
     def __getattr__(self, name: str):

@@ -91,33 +91,36 @@ def launchers(limit: int = 8) -> list[psutil.Process]:
 
 class Watch:
     """``stop_reason()`` is None while the run may go on. Install with ``with Watch():`` around the loop: Ctrl-C
-    then sets a flag instead of raising mid-step (an optimizer step cut in half cannot be checkpointed)."""
+    (SIGINT) and SIGTERM — what a preemptible machine, a scheduler or ``docker stop`` sends before killing — then
+    set a flag instead of raising mid-step (an optimizer step cut in half cannot be checkpointed)."""
+
+    REASONS = {signal.SIGINT: "interrupted (Ctrl-C)", signal.SIGTERM: "terminated (SIGTERM: preempted or stopped)"}
 
     def __init__(self, poll_every_s: float = 2.0):
         self.poll_every_s = poll_every_s
         self._launchers = [(proc, proc.name()) for proc in launchers()]
-        self._interrupted = False
+        self._stopped: str | None = None
         self._last_poll = 0.0
-        self._previous = None
+        self._previous: dict = {}
 
-    def _on_sigint(self, signum, frame) -> None:
-        if self._interrupted:  # a second Ctrl-C: stop now
+    def _on_signal(self, signum, frame) -> None:
+        if self._stopped:  # a second signal: stop now
             raise KeyboardInterrupt
-        self._interrupted = True
+        self._stopped = self.REASONS[signum]
 
     def __enter__(self) -> "Watch":
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+            self._previous = {sig: signal.signal(sig, self._on_signal) for sig in self.REASONS}
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-            self._previous = None
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        self._previous = {}
 
     def stop_reason(self) -> str | None:
-        if self._interrupted:
-            return "interrupted (Ctrl-C)"
+        if self._stopped:
+            return self._stopped
         now = time.monotonic()
         if now - self._last_poll >= self.poll_every_s:
             self._last_poll = now

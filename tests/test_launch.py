@@ -1,0 +1,167 @@
+"""Every Trainer-based training entry on 1 and 2 processes (gloo on CPU, through the real `accelerate launch` of
+lmrepro.launch): the same loss curve and final weights with the same global batch, and a run interrupted on one
+count resumes on the other to the weights of an uninterrupted run.
+
+Tolerance. One process accumulates its micro-batches' gradients in one buffer, ((g1 + g2) + g3) + g4; two processes
+each sum half of them and the all-reduce adds the halves, (g1 + g2) + (g3 + g4). Float addition is commutative but
+not associative: with two micro-batches per step (one per process) both orders are the same sum and the runs are
+bit-identical (the ×world and ÷world scalings are powers of two, exact); with four (the ><former case here) they
+differ by float32 rounding, ~1e-7 relative per step, which Adam carries forward (it normalizes each coordinate's
+update, so a rounding difference in a near-zero gradient moves that weight by up to lr). Measured over 120 steps
+(2026-12-07, printed by the tests): the loss curves within 1.1e-6 relative, the weights within 7.8e-6 in relative
+L2 norm (2.7e-4 of its scale in the worst tensor); 240 steps gave 6.4e-6 and 2.2e-5. Asserted: 1e-5 and 1e-4.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import tool_env
+from test_train_distributed import shrink_params
+
+from lmrepro import yaml12
+from lmrepro.config import LaunchConfig, load_config
+from lmrepro.data import load_index
+from lmrepro.launch import call, start
+from lmrepro.papers.hybrid_attention import artifacts as hy_artifacts
+from lmrepro.papers.hybrid_attention import runs as hybrid_runs
+from lmrepro.papers.xformer import artifacts as xf_artifacts
+from lmrepro.papers.xformer import runs as xf_runs
+from lmrepro.paths import project_paths
+from lmrepro.pool import run_jobs
+from lmrepro.train import load_model
+from lmrepro.train import checkpoint as ckpt
+from lmrepro.train.foundation import train_run as foundation_run
+
+REPO = Path(__file__).resolve().parents[1]
+LOSS_RTOL, WEIGHT_RTOL = 1e-5, 1e-4
+ONE, TWO = LaunchConfig(processes=1), LaunchConfig(processes=2)
+STEPS = 120  # xformer and hybrid runs: 120 steps (a checkpoint every 30)
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch):
+    """What the child processes see: tool paths, one thread each, no process group of a launch around us."""
+    for key, value in tool_env(OMP_NUM_THREADS="1").items():
+        monkeypatch.setenv(key, value)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_project(root: Path, token_dirs) -> Path:
+    """params.yaml + profiles with a tiny smoke profile; the ><former and hybrid runs of 240 steps with 2
+    sequences per micro-batch (a global batch of 4 splits over 2 processes); no synthetic retrieval rows (no
+    tokenizer here)."""
+    root.mkdir(parents=True)
+    shrink_params(REPO / "params.yaml", root / "params.yaml", load_index(token_dirs[0])["vocab_size"])
+    smoke_file = root / "profiles" / "smoke.yaml"
+    smoke = yaml12.loads(smoke_file.read_text())
+    for section in ("xformer", "hybrid_attention"):
+        smoke[section]["micro_batch_size"] = 2
+    smoke["xformer"]["batch_size"] = 8  # 4 micro-batches on 1 process, 2 + 2 on 2: sums in another order
+    smoke["xformer"]["sizes"]["s1"]["max_tokens"] = STEPS * 8 * 64
+    smoke["hybrid_attention"]["sizes"]["s1"]["max_tokens"] = STEPS * 4 * 160
+    smoke["hybrid_attention"]["retrieval"] = None
+    smoke_file.write_text(yaml12.dumps(smoke))
+    for split, src in zip(("train", "validation"), token_dirs):
+        shutil.copytree(src, root / "data" / "tokens" / split)
+    return root
+
+
+@pytest.fixture
+def projects(tmp_path, token_dirs, monkeypatch):
+    """Two projects on the same data (a 1-process and a 2-process run of the same run name), as (cfg, paths)."""
+    out = []
+    for name in ("one", "two"):
+        root = make_project(tmp_path / name, token_dirs)
+        out.append((load_config(root / "params.yaml", profile="smoke"), project_paths(root)))
+    monkeypatch.chdir(tmp_path)
+    return out
+
+
+def losses(path: Path) -> list[float]:
+    with path.open() as fh:
+        return [float(row["loss"]) for row in csv.DictReader(fh)]
+
+
+def assert_close_runs(log_a: Path, log_b: Path, model_a: Path, model_b: Path) -> None:
+    a, b = losses(log_a), losses(log_b)
+    assert len(a) == len(b) and a
+    worst = max(abs(x - y) / abs(x) for x, y in zip(a, b))
+    print(f"loss curves: max relative difference {worst:.2e} over {len(a)} rows")
+    assert worst <= LOSS_RTOL
+    sa, sb = load_model(model_a).state_dict(), load_model(model_b).state_dict()
+    per_tensor = max((sa[k] - sb[k]).abs().max().item() / sa[k].abs().max().item() for k in sa)
+    diff = torch.cat([(sa[k] - sb[k]).flatten() for k in sa]).norm() / torch.cat([sa[k].flatten() for k in sa]).norm()
+    print(f"weights: relative L2 difference {diff:.2e}; largest in one tensor {per_tensor:.2e} of its scale")
+    assert diff <= WEIGHT_RTOL
+
+
+def xformer_job(cfg):
+    return next(r for r in cfg.xformer.runs() if r.variant == "x" and r.size == "s1" and r.token_fraction == 1.0)
+
+
+def test_xformer_entry_on_two_processes_matches_one(projects, capfd):
+    (cfg1, paths1), (cfg2, paths2) = projects
+    job = xformer_job(cfg1)
+    [row1] = run_jobs(xf_runs.train_run, [job], (cfg1, paths1), launch=ONE)
+    [row2] = run_jobs(xf_runs.train_run, [job], (cfg2, paths2), launch=TWO)
+    assert "on 2 processes" in capfd.readouterr().out  # the child's log streamed through
+    assert row1["steps"] == row2["steps"] == STEPS
+    d1, d2 = (xf_artifacts.run_dirs(p, "x", job.name) for p in (paths1, paths2))
+    assert_close_runs(d1["log"], d2["log"], d1["out"] / "final", d2["out"] / "final")
+
+
+def test_hybrid_entry_on_two_processes_matches_one(projects):
+    (cfg1, paths1), (cfg2, paths2) = projects
+    job = ("s1", cfg1.hybrid_attention.seeds[0])
+    run_jobs(hybrid_runs.train_run, [job], (cfg1, paths1, "swa-small"), launch=ONE)
+    run_jobs(hybrid_runs.train_run, [job], (cfg2, paths2, "swa-small"), launch=TWO)
+    d1, d2 = (hy_artifacts.run_dirs(p, "swa-small", *job) for p in (paths1, paths2))
+    assert_close_runs(d1["log"], d2["log"], d1["out"] / "final", d2["out"] / "final")
+
+
+def test_foundation_entry_on_two_processes_matches_one(projects):
+    (cfg1, paths1), (cfg2, paths2) = projects
+    one = call(foundation_run, (cfg1, paths1), "baseline", ONE)
+    two = call(foundation_run, (cfg2, paths2), "baseline", TWO)
+    assert one.completed and two.completed and one.step == two.step
+    assert_close_runs(paths1.results("foundation") / "train_log.csv", paths2.results("foundation") / "train_log.csv",
+                      paths1.model("baseline") / "final", paths2.model("baseline") / "final")
+
+
+@pytest.mark.parametrize("first, then", [(2, ONE), (1, TWO)])
+def test_a_run_interrupted_on_one_count_resumes_on_the_other(projects, tmp_path, first, then):
+    """Ctrl-C of a launched run (every process gets it) after its first checkpoint; rerun on the other count."""
+    (cfg_ref, paths_ref), (cfg, paths) = projects
+    job = xformer_job(cfg)
+    run_jobs(xf_runs.train_run, [job], (cfg_ref, paths_ref), launch=ONE)  # uninterrupted reference
+
+    dirs = xf_artifacts.run_dirs(paths, "x", job.name)
+    folder = tmp_path / f"launch-{first}"
+    folder.mkdir()
+    proc, _ = start(xf_runs.train_run, (cfg, paths), job, first, folder)
+    deadline = time.monotonic() + 240
+    while not any(ckpt.list_checkpoints(p) for p in dirs["ckpt"].glob("*") if p.is_dir()):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()[-3000:]
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert "training stopped after step" in out, out[-3000:]
+    [run_dir] = [p for p in dirs["ckpt"].iterdir() if p.is_dir()]
+    stopped = int(ckpt.list_checkpoints(run_dir)[-1].name.split("-")[1])
+    assert 0 < stopped < STEPS and not (dirs["out"] / "final").exists()
+
+    [row] = run_jobs(xf_runs.train_run, [job], (cfg, paths), launch=then)
+    assert row["resumed_from"] == stopped and row["steps"] == STEPS
+    ref = xf_artifacts.run_dirs(paths_ref, "x", job.name)
+    assert_close_runs(ref["log"], dirs["log"], ref["out"] / "final", dirs["out"] / "final")
