@@ -59,9 +59,12 @@ export PROFILE
 # Another profile never touches the committed results: it runs as a DVC experiment in a temporary copy of the
 # project (committed files plus uncommitted changes to tracked ones); `dvc exp show` lists it, `dvc exp apply`
 # promotes it, `dvc exp push` shares it (README "Profiles as experiments").
+# The copy is deleted when the run stops, so its resumable checkpoints live in this checkout (keyed by run
+# fingerprint): an interrupted profile run resumes when started again.
 repro: setup
 	@if [ -z "$$PROFILE" ]; then dvc repro; \
-	else dvc exp run --temp --name "$$PROFILE-$$(date +%Y%m%d-%H%M%S)" -S "profile=$$PROFILE"; fi
+	else LMREPRO_CHECKPOINT_ROOT="$(CURDIR)/data/checkpoints" \
+	  dvc exp run --temp --name "$$PROFILE-$$(date +%Y%m%d-%H%M%S)" -S "profile=$$PROFILE"; fi
 
 test: setup
 	$(BIN)/ruff check src tests scripts benchmarks
@@ -70,6 +73,8 @@ test: setup
 # The project's default DVC remote, for `dvc push` / `dvc pull` (README "Sharing results"), with the DVC plugin its
 # scheme needs: URL=s3://bucket/path | gs://… | azure://… | ssh://user@host/path | a folder; ENDPOINT=http://host:port
 # for an S3-compatible server. Like PROFILE, URL and ENDPOINT reach the shell only as environment variables.
+# unexport: make would otherwise pass the command-line URL to the recipe's environment with $(shell …) expanded.
+unexport URL ENDPOINT
 remote: export LMREPRO_REMOTE_URL := $(value URL)
 remote: export LMREPRO_REMOTE_ENDPOINT := $(value ENDPOINT)
 remote: setup

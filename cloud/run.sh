@@ -21,5 +21,8 @@ esac
 git rev-parse --verify -q HEAD >/dev/null || die "$(pwd) is not a git checkout with a commit: DVC experiments need one"
 name="$PROFILE-$PAPER-$(date -u +%Y%m%d-%H%M%S)"
 export LMREPRO_CHECKPOINT_MIRROR="${LMREPRO_CHECKPOINT_MIRROR:-dvc}"
-in_env dvc exp run --temp --name "$name" -S "profile=$PROFILE" "${target[@]}"
+# `--temp` deletes its copy when the run stops: checkpoints stay in this checkout (a restarted job resumes locally
+# when it lands on the same node, from the mirror otherwise).
+export LMREPRO_CHECKPOINT_ROOT="${LMREPRO_CHECKPOINT_ROOT:-$(pwd)/data/checkpoints}"
+in_env dvc exp run --temp --name "$name" -S "profile=$PROFILE" ${target[@]+"${target[@]}"}
 in_env dvc exp push "${GIT_REMOTE:-origin}" "$name"

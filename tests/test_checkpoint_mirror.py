@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import uuid
+from pathlib import Path
 
 import pytest
 from conftest import make_bucket, tool_env
@@ -87,3 +88,61 @@ def test_no_remote_no_mirror_and_off_wins(tmp_path, monkeypatch):
                    env=tool_env())
     monkeypatch.setenv(ENV, "off")
     assert activate_for_project(tmp_path) is None and CheckpointMirror.from_env() is None
+
+
+def test_a_temporary_copy_keeps_its_checkpoints_in_the_main_checkout(tmp_path, monkeypatch):
+    """`make repro PROFILE=…` sets LMREPRO_CHECKPOINT_ROOT: every checkpoint folder of the copy points there."""
+    from lmrepro.papers.hybrid_attention import artifacts as hybrid
+    from lmrepro.papers.xformer import artifacts as xformer
+    from lmrepro.paths import Paths
+
+    copy = Paths(tmp_path / "copy")
+    assert copy.checkpoints("baseline") == tmp_path / "copy/data/checkpoints/baseline"
+    monkeypatch.setenv("LMREPRO_CHECKPOINT_ROOT", str(tmp_path / "main/data/checkpoints"))
+    main = tmp_path / "main/data/checkpoints"
+    assert copy.checkpoints("baseline") == main / "baseline"
+    assert hybrid.run_dirs(copy, "gdn", "s1", 0)["ckpt"].is_relative_to(main / "hybrid_attention")
+    assert xformer.run_dirs(copy, "x", "s1")["ckpt"].is_relative_to(main / "xformer")
+    assert hybrid.run_dirs(copy, "gdn", "s1", 0)["out"].is_relative_to(tmp_path / "copy")  # outputs stay in the copy
+
+
+JOB = """
+import sys
+sys.path.insert(0, {tests!r})
+from conftest import tiny_spec, tiny_train_config
+from lmrepro.train import Trainer
+from lmrepro.train.guard import RunInterrupted
+
+cfg = tiny_train_config(max_tokens=400 * 4 * 16, save_every_steps=20, keep_checkpoints=5)
+trainer = Trainer(tiny_spec(), cfg, {train!r}, sys.argv[1] + "/out", sys.argv[1] + "/ckpt", progress=False)
+try:
+    trainer.fit()
+except RunInterrupted as err:
+    print("STOPPED:", err, flush=True)
+"""
+
+
+def test_a_stopped_run_uploads_its_last_checkpoint_at_once(tmp_path, token_dirs):
+    """Ctrl-C (or a preemption's SIGTERM): the checkpoint saved on the way out is uploaded whatever the period; the
+    periodic ones, due only every LMREPRO_MIRROR_MINUTES (here 60), are not."""
+    import signal
+    import time
+
+    from lmrepro.train import checkpoint as ckpt
+
+    job = tmp_path / "job.py"
+    job.write_text(JOB.format(tests=str(Path(__file__).parent), train=str(token_dirs[0])))
+    store = tmp_path / "store"
+    env = tool_env(LMREPRO_CHECKPOINT_MIRROR=str(store), LMREPRO_MIRROR_MINUTES="60")
+    proc = subprocess.Popen([sys.executable, str(job), str(tmp_path / "run")], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not any(len(ckpt.list_checkpoints(p)) >= 2 for p in (tmp_path / "run/ckpt").glob("*") if p.is_dir()):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-2000:]
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    stopped = int(out.split("after step ")[1].split()[0])
+    [run] = [p.name for p in (tmp_path / "run/ckpt").iterdir() if p.is_dir()]
+    assert sorted(p.name for p in (store / "checkpoints" / run).glob("step-*")) == [f"step-{stopped:07d}"], err
+    assert (store / "checkpoints" / run / f"step-{stopped:07d}" / "state.json").is_file()

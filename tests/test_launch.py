@@ -141,7 +141,8 @@ def test_foundation_entry_on_two_processes_matches_one(projects):
 
 @pytest.mark.parametrize("first, then", [(2, ONE), (1, TWO)])
 def test_a_run_interrupted_on_one_count_resumes_on_the_other(projects, tmp_path, first, then):
-    """Ctrl-C of a launched run (every process gets it) after its first checkpoint; rerun on the other count."""
+    """Ctrl-C of a launched run after its first checkpoint, sent to the launcher's process group as
+    ``lmrepro.launch.run`` forwards a notebook's interrupt; rerun on the other count."""
     (cfg_ref, paths_ref), (cfg, paths) = projects
     job = xformer_job(cfg)
     run_jobs(xf_runs.train_run, [job], (cfg_ref, paths_ref), launch=ONE)  # uninterrupted reference

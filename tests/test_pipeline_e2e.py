@@ -242,6 +242,8 @@ def test_another_profile_runs_as_an_experiment_outside_the_workspace(repo):
     `dvc exp show` lists and `dvc exp apply` would promote), never in the workspace's committed results."""
     plan = _run(["make", "-n", "-o", "setup", "repro", "PROFILE=laptop", f"VENV={sys.prefix}"], repo)
     assert plan.returncode == 0 and 'dvc exp run --temp --name "$PROFILE-' in plan.stdout, plan.stdout
+    # the temporary copy is deleted when the run stops: its checkpoints are kept in this checkout
+    assert f'LMREPRO_CHECKPOINT_ROOT="{repo}/data/checkpoints"' in plan.stdout
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
     _run([*git, "add", "-A"], repo)
     _run([*git, "commit", "-qm", "results"], repo)

@@ -55,7 +55,7 @@ def test_make_remote_without_a_url_says_how(project):
 
 
 def test_make_remote_passes_the_url_as_text_never_to_the_shell(project):
-    out = make_remote(project, "URL=ftp://x/$(touch pwned-make)`touch pwned-shell`")
+    out = make_remote(project, "URL=ftp://x/$(shell touch pwned-make)$(touch pwned-sh)`touch pwned-shell`")
     assert out.returncode == 2 and "scheme 'ftp' is not supported" in out.stderr
     assert not list(project.glob("pwned*"))
 

@@ -87,6 +87,14 @@ def current_commit(need: Need) -> str:
     return info(need.repo_id).sha
 
 
+def _resolved(cfg, dotted: str):
+    """The value of ``dotted`` (``lora_alpha.tasks.domain.hf.revision``) in the resolved config."""
+    node = cfg
+    for part in dotted.split("."):
+        node = getattr(node, part)
+    return node
+
+
 def pin(profile_file: str | Path, cfg, update: bool = False) -> list[str]:
     """Write the current commit of every Hub repository ``cfg`` reads into ``profile_file`` where its revision
     is null (``update``: everywhere), so every later run reads exactly that data and that model. The file is
@@ -104,13 +112,15 @@ def pin(profile_file: str | Path, cfg, update: bool = False) -> list[str]:
     for need in needs(cfg):
         key = revision_key(need)
         *parents, leaf = key.split(".")
-        node = doc
-        for part in parents:
-            node = node.setdefault(part, {})
-        old = node.get(leaf)
+        old = _resolved(cfg, key)  # pinned in the profile or in params.yaml's shared section
         if old is not None and not update:
             report.append(f"{key}: {need.repo_id} already pinned at {old}")
             continue
+        node = doc
+        for part in parents:
+            if node.get(part) is None:  # absent or written as null
+                node[part] = {}
+            node = node[part]
         sha = current_commit(need)
         node[leaf] = DoubleQuotedScalarString(sha)  # quoted: an all-digit commit id is a string, not a number
         report.append(f"{key}: {need.repo_id} pinned at {sha}" + (f" (was {old})" if old is not None else ""))

@@ -6,8 +6,9 @@ arguments are pickled to a file, ``accelerate launch --multi_gpu --num_processes
 trains it — each process calls the same function, whose :class:`~lmrepro.train.Trainer` joins the process group
 (NCCL on GPUs, gloo on CPU) and splits every global batch between the processes — and the first process writes
 the function's return value to RESULT. The child's output streams into the notebook's output line by line.
-Ctrl-C (or a SIGTERM) in the notebook reaches every process: each finishes its step, the first saves a
-resumable checkpoint, and the stage stops; rerunning resumes on any process count.
+Ctrl-C in the notebook goes to the launcher and every process: each finishes its step, the first saves a
+resumable checkpoint (torchrun's agent allows 900 s for it before SIGKILL: ``TORCH_ELASTIC_SHUTDOWN_TIMEOUT``),
+and the stage stops; rerunning resumes on any process count.
 
 Processes run the runs of a stage one after another (each run uses every GPU). What a run computes does not
 depend on the count (same global batch, micro-batches split between processes, the loss normalized by the global
@@ -59,21 +60,29 @@ def start(fn: Callable, shared: tuple, job: Any, n: int, folder: str | Path,
     """Start ``fn(*shared, job)`` on ``n`` processes; (the launcher process, in its own process group, with stdout
     and stderr merged into a pipe; the file its result will be in)."""
     folder = Path(folder)
-    job_file, result = folder / "job.pkl", folder / "result.pkl"
+    job_file, result, config = folder / "job.pkl", folder / "result.pkl", folder / "accelerate.yaml"
     with job_file.open("wb") as fh:
         pickle.dump((fn, shared, job, threads), fh)
-    # --multi_gpu: accelerate's torchrun path, which gives gloo processes on a machine without CUDA (its --cpu path
-    # is MPI's and starts one process); accelerate refuses it for a single process.
+    # A config file of our own, so the user's default accelerate config (FSDP, gpu_ids, ...) cannot leak in.
+    # MULTI_GPU: accelerate's torchrun path, which gives gloo processes on a machine without CUDA (its CPU path is
+    # MPI's and starts one process); accelerate refuses it for a single process.
+    config.write_text("\n".join([
+        "compute_environment: LOCAL_MACHINE", f"distributed_type: {'MULTI_GPU' if n > 1 else 'NO'}",
+        f"num_processes: {n}", "num_machines: 1", "machine_rank: 0", "mixed_precision: 'no'", "use_cpu: false",
+        "gpu_ids: all", "rdzv_backend: static", "same_network: true", "main_training_function: main", ""]))
     group = ["--multi_gpu", "--main_process_port", str(_free_port())] if n > 1 else []
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", *group, "--num_processes", str(n),
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), *group,
+           "--num_processes", str(n), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
            "-m", "lmrepro.launch", str(job_file), str(result)]
     # The run's own precision (train.precision) decides autocast: the Trainer's Accelerator says so explicitly,
     # which overrides the launcher's --mixed_precision. One thread per process on CPU unless the caller says.
     # The launcher sets the process-group variables; stale ones (a notebook started from another launch) go.
     env = {k: v for k, v in os.environ.items() if k not in _GROUP_VARS and not k.startswith(("ACCELERATE_",
                                                                                           "TORCHELASTIC_"))}
-    env.update(OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", str(threads)), PYTHONUNBUFFERED="1")
+    # torchrun's agent gives the workers this long after a Ctrl-C / SIGTERM before it kills them (default 30 s):
+    # time to finish the step, save the checkpoint and upload it to the mirror.
+    env.update(OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", str(threads)), PYTHONUNBUFFERED="1",
+               TORCH_ELASTIC_SHUTDOWN_TIMEOUT=os.environ.get("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", "900"))
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, env=env,
                             start_new_session=True)
     return proc, result
@@ -89,7 +98,10 @@ def run(fn: Callable, shared: tuple, job: Any, n: int, threads: int = 1) -> Any:
                 print(line, end="", flush=True)
             code = proc.wait()
         except KeyboardInterrupt:  # the notebook's Ctrl-C / interrupt: every process saves and stops
-            os.killpg(proc.pid, signal.SIGINT)
+            try:
+                os.killpg(proc.pid, signal.SIGINT)
+            except ProcessLookupError:  # the launch had ended already
+                pass
             for line in proc.stdout:
                 print(line, end="", flush=True)
             proc.wait()

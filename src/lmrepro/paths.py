@@ -6,10 +6,12 @@ use it. Each paper's own artifact names live in its package (``lmrepro.papers.<p
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 PARAMS_FILE = "params.yaml"
+CHECKPOINT_ROOT_ENV = "LMREPRO_CHECKPOINT_ROOT"
 
 
 class ProjectNotFound(FileNotFoundError):
@@ -51,8 +53,16 @@ class Paths:
     def model(self, run: str) -> Path:
         return self.data / "models" / run
 
+    @property
+    def checkpoint_root(self) -> Path:
+        """data/checkpoints/, or ``LMREPRO_CHECKPOINT_ROOT``: the main checkout's folder for a run in a temporary copy
+        (``dvc exp run --temp`` deletes its copy when the run stops, checkpoints included). Sharing one folder is
+        safe: checkpoints are keyed by run fingerprint, and a run folder is locked while it trains."""
+        override = os.environ.get(CHECKPOINT_ROOT_ENV)
+        return Path(override) if override else self.data / "checkpoints"
+
     def checkpoints(self, run: str) -> Path:
-        return self.data / "checkpoints" / run
+        return self.checkpoint_root / run
 
     def results(self, paper: str) -> Path:
         return self.root / "results" / paper
@@ -62,8 +72,9 @@ class Paths:
         return self.data / paper
 
     def paper_checkpoints(self, paper: str) -> Path:
-        """A paper's resumable checkpoints: data/checkpoints/<paper>/ (not a DVC output, so never removed by DVC)."""
-        return self.data / "checkpoints" / paper
+        """A paper's resumable checkpoints: data/checkpoints/<paper>/ (not a DVC output, so never removed by DVC;
+        see :attr:`checkpoint_root`)."""
+        return self.checkpoint_root / paper
 
     def pipeline(self, paper: str) -> Path:
         """A paper's pipeline folder: its dvc.yaml, README and claims criteria."""

@@ -91,22 +91,28 @@ def launchers(limit: int = 8) -> list[psutil.Process]:
 
 class Watch:
     """``stop_reason()`` is None while the run may go on. Install with ``with Watch():`` around the loop: Ctrl-C
-    (SIGINT) and SIGTERM — what a preemptible machine, a scheduler or ``docker stop`` sends before killing — then
-    set a flag instead of raising mid-step (an optimizer step cut in half cannot be checkpointed)."""
+    (SIGINT) and SIGTERM — what a preemptible machine or a scheduler sends to every process of a job before
+    killing it — then set a flag instead of raising mid-step (an optimizer step cut in half cannot be
+    checkpointed). Only a Ctrl-C pressed again, at least ``AGAIN_S`` after the first signal, stops at once: a
+    preemption's SIGTERM arrives together with the SIGINT a launcher forwards (run_notebook, torchrun's agent),
+    and must not cancel the checkpoint."""
 
     REASONS = {signal.SIGINT: "interrupted (Ctrl-C)", signal.SIGTERM: "terminated (SIGTERM: preempted or stopped)"}
+    AGAIN_S = 2.0
 
     def __init__(self, poll_every_s: float = 2.0):
         self.poll_every_s = poll_every_s
         self._launchers = [(proc, proc.name()) for proc in launchers()]
         self._stopped: str | None = None
+        self._stopped_at = 0.0
         self._last_poll = 0.0
         self._previous: dict = {}
 
     def _on_signal(self, signum, frame) -> None:
-        if self._stopped:  # a second signal: stop now
-            raise KeyboardInterrupt
-        self._stopped = self.REASONS[signum]
+        if self._stopped is None:
+            self._stopped, self._stopped_at = self.REASONS[signum], time.monotonic()
+        elif signum == signal.SIGINT and time.monotonic() - self._stopped_at >= self.AGAIN_S:
+            raise KeyboardInterrupt  # Ctrl-C pressed again: stop now
 
     def __enter__(self) -> "Watch":
         if threading.current_thread() is threading.main_thread():

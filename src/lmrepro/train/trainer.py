@@ -128,7 +128,7 @@ class Trainer:
         self._earlier_backends: dict[str, str] = {}  # op backends of the steps before a resume
         # Where checkpoints are mirrored ("env": LMREPRO_CHECKPOINT_MIRROR); each machine's first process restores.
         local_main = self.accelerator.is_local_main_process
-        self.mirror = (CheckpointMirror.from_env() if mirror == "env" else mirror) if local_main else None
+        self.mirror = (CheckpointMirror.from_env_or_none() if mirror == "env" else mirror) if local_main else None
         world = self.accelerator.num_processes
         if cfg.batch_size % (cfg.micro_batch_size * world):
             raise ValueError(f"train.batch_size {cfg.batch_size} must be a multiple of micro_batch_size × processes "
@@ -151,7 +151,11 @@ class Trainer:
         checkpoint of another run (fingerprint) is refused. A mirrored checkpoint newer than every local one (a
         run preempted on another machine) is downloaded first."""
         if self.mirror is not None:
-            self.mirror.pull(self.ckpt_dir, self.fingerprint)
+            try:
+                self.mirror.pull(self.ckpt_dir, self.fingerprint)
+            except Exception as err:  # noqa: BLE001 — any store error: resume from what is here
+                log.warning("could not read the checkpoint mirror %s (%s: %s); resuming from the local checkpoints",
+                            self.mirror.root, type(err).__name__, err)
         self.accelerator.wait_for_everyone()
         for folder in reversed(ckpt.list_checkpoints(self.ckpt_dir)):
             model, optimizer, scheduler = self._build()

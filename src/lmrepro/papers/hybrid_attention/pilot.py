@@ -174,7 +174,9 @@ def run_pilot(cfg: Config, paths: Paths, run: PilotRun, root: Path, eval_samples
                   max_tokens=run.steps * step_tokens, lr=run.lr, warmup_fraction=0.05, checkpoint_tokens=budgets,
                   eval_every_steps=None, seed=run.seed, save_every_steps=max(1, run.steps // 4))
     folder = root / run.name
-    trainer = Trainer(_spec(cfg, run), tcfg, paths.tokens("train"), folder / "out", folder / "ckpt", progress=False)
+    # mirror=None: the sampler is set below, after the fingerprint; pilots share no remote folder by fingerprint
+    trainer = Trainer(_spec(cfg, run), tcfg, paths.tokens("train"), folder / "out", folder / "ckpt", progress=False,
+                      mirror=None)
     # A pilot folder of its own: no fingerprint clash.
     trainer.sampler = MixedSampler(trainer.sampler, retrieval_mix(cfg, run), tok)
     t0 = time.time()
