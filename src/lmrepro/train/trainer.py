@@ -169,9 +169,12 @@ class Trainer:
             except ForeignCheckpointError:
                 raise
             except Exception as err:  # damaged: hash mismatch, truncated torch file, unreadable JSON, ...
+                # Every process finds the same damage and moves on to the same previous checkpoint; only the
+                # first renames (another process may then find the folder gone: also "move on").
                 damaged = folder.with_name(folder.name + ".damaged")
-                shutil.rmtree(damaged, ignore_errors=True)
-                folder.rename(damaged)
+                if self.accelerator.is_main_process:
+                    shutil.rmtree(damaged, ignore_errors=True)
+                    folder.rename(damaged)
                 log.warning("checkpoint %s is damaged (%s); kept as %s, trying the previous one", folder, err,
                             damaged.name)
                 continue
