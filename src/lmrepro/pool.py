@@ -66,29 +66,18 @@ def run_jobs(fn: Callable, jobs: Sequence[Any], shared: tuple = (), *, threads: 
     """
     import torch
 
-    from .launch import processes
+    from .launch import call, processes
 
     jobs = list(jobs)
     n = worker_count(len(jobs)) if workers is None else max(1, min(workers, len(jobs)))
     out: list = [None] * len(jobs)
-    if processes(launch) > 1:
-        from .launch import run
-
-        for i, job in enumerate(jobs):
-            try:
-                out[i] = run(fn, shared, job, processes(launch), threads)
-            except Exception as e:
-                raise RuntimeError(f"job {i} ({job!r}) failed: {e}") from e
-            if on_result:
-                on_result(i, out[i])
-        return out
-    if n == 1:
+    if n == 1 or processes(launch) > 1:  # here, one job after another (each launched on N processes if asked)
         before = torch.get_num_threads()
         torch.set_num_threads(threads)
         try:
             for i, job in enumerate(jobs):
                 try:
-                    out[i] = fn(*shared, job)
+                    out[i] = call(fn, shared, job, launch, threads)
                 except Exception as e:
                     raise RuntimeError(f"job {i} ({job!r}) failed: {e}") from e
                 if on_result:
