@@ -6,11 +6,12 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from lmrepro.analysis import claims
-from lmrepro.analysis.claims import (Claim, Precondition, Revision, build_ledger, load_criteria, publish,
-                                     render_markdown, update_readme, verdict)
+from lmrepro.analysis.claims import (Claim, Precondition, Revision, build_ledger, load_criteria,
+                                     noise_upper_factor, publish, render_markdown, update_readme, verdict)
 from lmrepro.config import ConfigError, paper_schemas
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -132,6 +133,41 @@ def test_noise_margin_has_a_floor(gap, noise, margin, expected):
 def test_noise_multiple_needs_a_noise_metric():
     with pytest.raises(ValueError, match="needs a noise_metric"):
         Claim("s", "m", "<", 0.0, margin_noise_multiple=2.0)
+    with pytest.raises(ValueError, match="noise_dof 'nu' needs margin_noise_multiple"):
+        Claim("s", "m", "<", 0.0, noise_metric="sd", noise_dof="nu")
+
+
+@pytest.mark.parametrize("dof", [2, 4, 10])
+def test_noise_upper_bound_covers_the_true_sigma_95_percent_of_the_time(dof):
+    """Simulation as the reference: sample standard deviations of dof + 1 normal draws (σ = 1) times u95(dof)
+    stay at or above σ in 95% of 40000 samples (binomial SE 0.0011)."""
+    rng = np.random.default_rng(dof)
+    s = rng.normal(size=(40_000, dof + 1)).std(axis=1, ddof=1)
+    assert (s * noise_upper_factor(dof) >= 1.0).mean() == pytest.approx(0.95, abs=0.005)
+
+
+def test_noise_upper_factor_needs_a_degree_of_freedom():
+    assert noise_upper_factor(1000) == pytest.approx(1.0, abs=0.06)  # a well-measured σ is hardly widened
+    for dof in (None, 0, 0.5, math.nan):
+        assert math.isnan(noise_upper_factor(dof))
+
+
+@pytest.mark.parametrize("gap,dof,expected", [
+    (-0.05, 10, "reproduced"),     # margin 2 · 0.01 · 1.59 = 0.032
+    (-0.03, 10, "inconclusive"),   # beyond 2σ, inside 2 × the upper bound
+    (-0.05, 2, "inconclusive"),    # 3 seeds: u95 = 4.4, margin 0.088
+    (-0.05, math.nan, "inconclusive"),  # degrees of freedom unknown: no margin, no verdict
+])
+def test_margin_with_noise_dof_uses_the_upper_confidence_bound(gap, dof, expected):
+    crit = {"c": Claim("X wins", "gap", "<", 0.0, noise_metric="sd", margin_noise_multiple=2.0, noise_dof="nu")}
+    (row,) = build_ledger(crit, {"gap": gap, "sd": 0.01, "nu": dof})
+    assert row["verdict"] == expected
+    upper = 0.01 * noise_upper_factor(dof)
+    assert row["margin"] == (None if math.isnan(dof) else pytest.approx(2 * upper))
+    assert row["criterion"].startswith("gap < 0 ± 2·sd·u95(nu) (= ")
+    if not math.isnan(dof):
+        assert row["noise"]["dof"] == dof and row["noise"]["upper_95"] == pytest.approx(upper)
+        assert f"(measured 0.01, ν = {dof:g}, upper bound {upper:.3g})" in render_markdown({"claims": [row]})
 
 
 def test_publish_writes_ledger_markdown_and_flat_metrics(tmp_path):
@@ -164,7 +200,7 @@ def test_committed_ledger_follows_its_criteria_file(paper):
     ledger = json.loads((ROOT / "results" / paper / "claims.json").read_text())
     assert [r["id"] for r in ledger["claims"]] == list(criteria)
     for row in ledger["claims"]:
-        claim = criteria[row["id"]].with_noise(row["noise"]["value"])  # a margin measured in the run
+        claim = criteria[row["id"]].with_noise(row["noise"]["value"], row["noise"].get("dof"))  # measured in the run
         assert row["criterion"] == claim.criterion and row["statement"] == claim.statement
         assert len(row["revisions"]) == len(claim.revisions)
         assert row["noise"]["source"] == claim.margin_source

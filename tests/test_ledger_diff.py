@@ -45,6 +45,15 @@ def test_identical_runs_and_the_command_line(tmp_path):
     assert out["flips"] == 0 and out["papers"]["paper_a"]["max_shift_in_margins"] == 0.0
 
 
+def test_papers_limits_the_comparison(tmp_path):
+    a, b = run(tmp_path / "a", -0.08, 1.5), run(tmp_path / "b", -0.04, 1.5)
+    for root, gap in ((a, -0.08), (b, -0.08)):
+        run(root, gap, 1.5, paper="paper_b")
+    assert set(diff_results(a, b)["papers"]) == {"paper_a", "paper_b"}
+    only = diff_results(a, b, papers=["paper_b"])
+    assert set(only["papers"]) == {"paper_b"} and only["flips"] == 0  # paper_a's flip is left out
+
+
 def test_mismatched_or_missing_ledgers_are_refused(tmp_path):
     a = run(tmp_path / "a", -0.08, 1.5)
     with pytest.raises(FileNotFoundError, match="no paper has a claims.json in both"):
@@ -66,3 +75,18 @@ def test_training_curves_are_compared_step_by_step(tmp_path):
     assert curves["curves"] == 1 and curves["at"]["last_step"] == "train/x/s1.csv"
     assert curves["max_relative_difference"]["last_step"] == pytest.approx(0.01)
     assert curves["max_relative_difference"]["any_step"] == pytest.approx(0.01)
+
+
+def test_committed_cross_cpu_record_matches_the_committed_ledgers():
+    """results/cross_cpu/avx2_rerun.json (a rerun on another CPU path) must describe the committed verdicts —
+    a criteria change that is not carried into it makes it stale — and, with noise margins on the noise's upper
+    confidence bound, it flips none of them."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    record = json.loads((root / "results/cross_cpu/avx2_rerun.json").read_text())
+    for paper, diff in record["papers"].items():
+        rows = json.loads((root / "results" / paper / "claims.json").read_text())["claims"]
+        ledger = {r["id"]: r["verdict"] for r in rows}
+        assert {c: d["verdict_a"] for c, d in diff["claims"].items()} == ledger, paper
+    assert record["flips"] == 0

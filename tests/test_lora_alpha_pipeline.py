@@ -21,7 +21,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from lmrepro import yaml12  # noqa: E402
 
-from lmrepro.analysis.claims import Claim, load_criteria  # noqa: E402
+from lmrepro.analysis.claims import Claim, load_criteria, noise_upper_factor  # noqa: E402
 from lmrepro.config import ConfigError  # noqa: E402
 from lmrepro.config.schema_tools import build  # noqa: E402
 from lmrepro.papers.lora_alpha.config import METHODS, TASKS, LoraAlphaConfig  # noqa: E402
@@ -329,7 +329,11 @@ def test_claim_values_on_hand_made_tables(tmp_path):
     assert values["seed_std_domain"] == pytest.approx(1e-4 / math.sqrt(2), rel=1e-3)
     rows = {r["id"]: r for r in build_ledger(_claims(), values)}
     assert rows["c6_gain_grows_with_rank_domain"]["verdict"] == "reproduced"
-    assert rows["c6_gain_grows_with_rank_domain"]["margin"] == pytest.approx(4 * values["seed_std_domain"])
+    # 4σ on σ's 95% upper bound, with ν = the pooled optima's (seeds − 1)
+    nu = values["seed_std_domain_dof"]
+    assert nu >= 1 and rows["c6_gain_grows_with_rank_domain"]["noise"]["dof"] == nu
+    assert rows["c6_gain_grows_with_rank_domain"]["margin"] == pytest.approx(
+        4 * values["seed_std_domain"] * noise_upper_factor(nu))
     assert values["aligned_signal_slope_alpha"] == pytest.approx(1.0)  # ‖S‖ ∝ m at constant alignment
     assert values["rank_rule_multiplier_edges"] == 0
     # Exact α* = 40·√r: a zero-width interval at 1/2, which excludes 0 and 1 by 1/2 each.
@@ -742,3 +746,4 @@ def test_method_margin_noise_is_the_seed_spread_at_each_ranks_optimum():
     assert m["seed_std_all_points_pooled"] > 5 * n["seed_std_all_points_pooled"]
     assert 0.005 < n["seed_std_pooled"] < 0.02  # σ = 0.01 per run
     assert len(n["seed_std_at_optimum"]) == 5
+    assert n["seed_std_dof"] == 5 * (runs.seed.nunique() - 1)  # every optimum repeated with every seed

@@ -12,7 +12,8 @@ Verdicts (:data:`VERDICTS`):
   matching forces); it is reported, and checked, but it is not evidence.
 
 Each row also records where its margin comes from (``margin_source``, and the measured noise value when the
-report computes one: ``noise_metric``) and every criterion changed after results were seen (``revisions``:
+report computes one: ``noise_metric``; with ``noise_dof``, the margin uses the noise's 95% upper confidence
+bound, :func:`noise_upper_factor`) and every criterion changed after results were seen (``revisions``:
 date, old criterion, old verdict, why) and how robust its verdict is (``edge_distance_noise``: the distance to the
 nearest band edge in measured noise units; below 1 the table marks the verdict *fragile*: another seed or CPU type
 can flip it). :func:`publish` writes ``claims.json``, ``claims.md`` and
@@ -79,6 +80,9 @@ class Claim:
     margin_noise_multiple: float | None = bounded(None, min=0.0, doc="margin = this × the measured noise_metric")
     margin_floor: float = bounded(0.0, min=0.0, doc="the smallest noise-based margin (a metric measured on few "
                                   "samples can agree exactly across seeds)")
+    noise_dof: str | None = bounded(None, doc="metric holding the degrees of freedom of noise_metric (a standard "
+                                    "deviation from few seeds); the margin then uses the noise's one-sided 95% upper "
+                                    "confidence bound, noise × noise_upper_factor(dof)")
     precondition: Precondition | None = None
     by_construction: bool = False
     revisions: list[Revision] = field(default_factory=list)
@@ -92,12 +96,18 @@ class Claim:
         if self.margin_noise_multiple is not None and (self.noise_metric is None or self.margin_noise_multiple <= 0):
             raise ValueError("margin_noise_multiple needs a noise_metric and must be > 0 (the margin is that "
                              f"multiple of the measured noise); got {self.margin_noise_multiple!r}")
+        if self.noise_dof is not None and self.margin_noise_multiple is None:
+            raise ValueError(f"noise_dof {self.noise_dof!r} needs margin_noise_multiple (a noise-based margin)")
 
-    def with_noise(self, noise: float | None) -> "Claim":
+    def with_noise(self, noise: float | None, dof: float | None = None) -> "Claim":
         """This claim with its margin taken from the measured ``noise`` when ``margin_noise_multiple`` is set
-        (NaN when the noise could not be measured: the verdict is then inconclusive)."""
+        (NaN when the noise could not be measured: the verdict is then inconclusive). With ``noise_dof`` set,
+        ``dof`` is the noise estimate's degrees of freedom and the margin uses its upper confidence bound (NaN
+        without a usable ``dof``)."""
         if self.margin_noise_multiple is None:
             return self
+        if self.noise_dof is not None:
+            noise = None if noise is None else noise * noise_upper_factor(dof)
         if noise is None or not math.isfinite(noise):
             return replace(self, margin=math.nan)
         return replace(self, margin=max(self.margin_floor, self.margin_noise_multiple * noise))
@@ -107,10 +117,25 @@ class Claim:
         head = f"{self.metric} {self.op} {self.threshold:g}"
         if self.margin_noise_multiple is not None:
             noise = f"{self.margin_noise_multiple:g}·{self.noise_metric}"
+            if self.noise_dof is not None:
+                noise += f"·u95({self.noise_dof})"
             if self.margin_floor:
                 noise = f"max({self.margin_floor:g}, {noise})"
             return head + f" ± {noise} (= {self.margin:.3g})"
         return head + (f" ± {self.margin:g}" if self.margin else "")
+
+
+def noise_upper_factor(dof: float | None) -> float:
+    """u95(ν) = √(ν / χ²₀.₀₅(ν)): a standard deviation ``s`` estimated with ν degrees of freedom (e.g. 3 seeds: ν = 2;
+    k pooled groups of n: ν = k(n − 1)) lies below the true σ by more than this factor with only 5% probability
+    (νs²/σ² ~ χ²(ν)), so ``s·u95(ν)`` is σ's one-sided 95% upper confidence bound. A margin built on it does
+    not shrink because a few seeds happened to agree (u95(2) = 4.4, u95(4) = 2.4, u95(10) = 1.6). NaN when ν is
+    missing or below 1."""
+    if dof is None or not math.isfinite(dof) or dof < 1:
+        return math.nan
+    from scipy.stats import chi2
+
+    return math.sqrt(dof / chi2.ppf(0.05, dof))
 
 
 def verdict(value: float | None, claim: Claim, precondition_held: bool | None = None) -> str:
@@ -155,7 +180,8 @@ def build_ledger(claims: dict[str, Claim], values: dict[str, float | None],
     rows = []
     for cid, claim in claims.items():
         noise = _finite(values.get(claim.noise_metric)) if claim.noise_metric else None
-        claim = claim.with_noise(noise)
+        dof = _finite(values.get(claim.noise_dof)) if claim.noise_dof else None
+        claim = claim.with_noise(noise, dof)
         value = _finite(values[claim.metric])
         pre = claim.precondition
         pre_value = _finite(values.get(pre.metric)) if pre else None
@@ -166,7 +192,9 @@ def build_ledger(claims: dict[str, Claim], values: dict[str, float | None],
             "verdict": verdict(value, claim, held),
             "precondition": None if pre is None else {**asdict(pre), "value": pre_value, "held": held},
             "noise": {"source": claim.margin_source, "metric": claim.noise_metric, "value": noise,
-                      "multiple": claim.margin_noise_multiple},
+                      "multiple": claim.margin_noise_multiple,
+                      **({"dof": dof, "upper_95": None if noise is None else noise * noise_upper_factor(dof)}
+                         if claim.noise_dof else {})},
             "edge_distance_noise": None if pre is not None and not held else edge_distance(value, claim, noise),
             "by_construction": claim.by_construction,
             "revisions": [asdict(r) for r in claim.revisions],
@@ -208,7 +236,9 @@ def render_markdown(ledger: dict[str, Any]) -> str:
         noise = row.get("noise") or {}
         source = noise.get("source", "")
         if noise.get("value") is not None:
-            source += f" (measured {noise['value']:.3g})"
+            upper = noise.get("upper_95")
+            source += f" (measured {noise['value']:.3g}" + (
+                f", ν = {noise['dof']:g}, upper bound {upper:.3g})" if upper is not None else ")")
         notes = []
         pre = row.get("precondition")
         if pre:

@@ -74,11 +74,14 @@ def curves_diff(folder_a: Path, folder_b: Path) -> dict[str, Any] | None:
     return {"curves": compared, "max_relative_difference": worst, "at": where}
 
 
-def diff_results(results_a: Path, results_b: Path) -> dict[str, Any]:
-    """Compare every paper ledger found in both folders (raises FileNotFoundError when there is none)."""
+def diff_results(results_a: Path, results_b: Path, papers: list[str] | None = None) -> dict[str, Any]:
+    """Compare every paper ledger found in both folders, or only ``papers`` (raises FileNotFoundError when there
+    is none)."""
     out: dict[str, Any] = {"a": str(results_a), "b": str(results_b), "papers": {}}
     for ledger_a in sorted(Path(results_a).glob("*/claims.json")):
         paper = ledger_a.parent.name
+        if papers is not None and paper not in papers:
+            continue
         ledger_b = Path(results_b) / paper / "claims.json"
         if not ledger_b.is_file():
             continue
@@ -113,8 +116,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("results_a", type=Path)
     parser.add_argument("results_b", type=Path)
     parser.add_argument("--out", type=Path, help="also write the JSON here")
+    parser.add_argument("--papers", nargs="+", metavar="PAPER", help="compare only these papers (default: every "
+                        "paper with a ledger in both; e.g. when run B reran some pipelines only)")
     args = parser.parse_args(argv)
-    text = json.dumps(diff_results(args.results_a, args.results_b), indent=1, sort_keys=True) + "\n"
+    text = json.dumps(diff_results(args.results_a, args.results_b, args.papers), indent=1, sort_keys=True) + "\n"
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text)

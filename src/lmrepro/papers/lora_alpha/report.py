@@ -42,7 +42,8 @@ reasoning):
                                base_lr, 3 seeds each: report.noise); the comparative
                                claims' margins are multiples of it (claims.yaml): 2 standard deviations of the
                                metric for independent runs, ×2√2 for a difference of two runs, ×4 for a
-                               difference of two differences
+                               difference of two differences, applied to its 95% upper confidence bound
+  seed_std_<task>_dof          its degrees of freedom: Σ (seeds − 1) over the pooled optima
   mlp_instability_gap          claim 7: fraction of seeds where lr ×128 is unstable − fraction where α ×256 is;
                                unstable = diverged or a final loss not below the initial one (a run that does not
                                learn is not "stable")
@@ -162,6 +163,7 @@ def noise(sweep_runs: pd.DataFrame, task: str) -> dict:
     if repeated.empty:
         return {}
     std = repeated.groupby(keys).val_loss.std()
+    counts = repeated.groupby(keys).val_loss.count()
     best = best_alpha(runs)
     optimum = dict(zip(best["rank"], best.alpha_grid)) if len(best) else {}
     alpha = repeated.groupby(keys).alpha.first()  # the α of each repeated point (multiplier × rank)
@@ -171,6 +173,8 @@ def noise(sweep_runs: pd.DataFrame, task: str) -> dict:
             "seed_std_at_optimum": {f"r={r} α×{a:g}": round(float(v), 5) for (r, a, _), v in at.items()},
             "seed_std_all_points_pooled": round(float(np.sqrt((std ** 2).mean())), 5),
             "seed_std_pooled": float(np.sqrt((at ** 2).mean())) if len(at) else math.nan,
+            # Σ (seeds − 1) over the pooled optima: the margins use the pooled σ's upper confidence bound
+            "seed_std_dof": int((counts.loc[at.index] - 1).sum()),
             "seeds": int(repeated.seed.nunique())}
 
 
@@ -379,6 +383,7 @@ def claim_values(tables: dict[str, pd.DataFrame], skip_steps: int = 1) -> tuple[
         v, e = method_metrics(tables["methods_summary"], task)
         seed_noise = noise(tables["sweep_runs"], task)
         values[f"seed_std_{task}"] = seed_noise.get("seed_std_pooled", math.nan)
+        values[f"seed_std_{task}_dof"] = seed_noise.get("seed_std_dof", math.nan)
         values.update(v), evidence.update({k: {**ev, "sweep_seed_noise": seed_noise} for k, ev in e.items()})
     values["log10_curvature_ratio"], evidence["log10_curvature_ratio"] = curvature_ratio(tables["curvature"])
     values["drift_slope_gap"], evidence["drift_slope_gap"] = drift_slope_gap(tables["signal_drift"], skip_steps)

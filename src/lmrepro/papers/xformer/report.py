@@ -32,7 +32,10 @@ deviation over seeds of the paired loss difference between two runs with the sam
 variant at the ablation size, pooled), is the noise of a one-seed difference; a difference of seed means has
 ``gap_seed_sd/√seeds``, and a ratio read off the fits moves by about ``ratio·gap_seed_sd/(a·L)`` when one
 architecture's losses shift by ``gap_seed_sd`` (ln C = (ln A − ln L)/a). The evidence also lists the paired
-standard error over validation windows (the evaluation sample only, not training noise).
+standard error over validation windows (the evaluation sample only, not training noise). Each noise has its
+degrees of freedom (``gap_seed_dof``: Σ over the pooled pairs of seeds − 1; ``valley_seed_dof``,
+``logit_lens_seed_dof``: seeds − 1): the margins use the noise's 95% upper confidence bound
+(``claims.noise_upper_factor``).
 """
 
 from __future__ import annotations
@@ -120,7 +123,8 @@ def _mean_loss(runs: pd.DataFrame, variant: str, size: str) -> float:
 
 def gap_seed_sd(runs: pd.DataFrame, size: str) -> tuple[float, int, dict[str, list[float]]]:
     """(pooled standard deviation over seeds of the paired gap X − v, for every other variant v with several
-    seeds at ``size``; X's seed count; the gaps by v). NaN when no pair has two seeds."""
+    seeds at ``size``; X's seed count; the gaps by v). NaN when no pair has two seeds. Its degrees of freedom:
+    :func:`pooled_dof` of the gaps."""
     x = seed_losses(runs, "x", size)
     gaps = {}
     for variant in dict.fromkeys(runs.variant):
@@ -132,6 +136,11 @@ def gap_seed_sd(runs: pd.DataFrame, size: str) -> tuple[float, int, dict[str, li
     if not gaps:
         return math.nan, len(x), gaps
     return float(math.sqrt(np.mean([np.var(g, ddof=1) for g in gaps.values()]))), len(x), gaps
+
+
+def pooled_dof(groups: dict[str, list[float]]) -> int:
+    """Degrees of freedom of a standard deviation pooled over groups: Σ (group size − 1)."""
+    return sum(len(g) - 1 for g in groups.values())
 
 
 def paired_se(windows: pd.DataFrame, a: str, b: str, size: str) -> float:
@@ -196,6 +205,7 @@ def claim_values(tables: dict[str, pd.DataFrame]) -> tuple[dict[str, float], dic
     noise_ev = {"gap_seed_sd": round(sd, 5), "seeds": n_seeds, "size": ab,
                 "paired_gaps_x_minus": {v: [round(g, 4) for g in gs] for v, gs in seed_gaps.items()}}
     values["gap_seed_sd"] = sd
+    values["gap_seed_dof"] = pooled_dof(seed_gaps)
 
     def gap(size: str) -> float:
         g = (seed_losses(runs, "x", size) - seed_losses(runs, "baseline", size)).dropna()
@@ -295,7 +305,8 @@ def valley_values(ent: pd.DataFrame, big: str, ab: str, evidence: dict) -> dict[
         "seed_noise": {"size": ab, "seeds": len(common), "baseline_depth_sd": round(_sd(base), 5),
                        "gap_sd": round(_sd(gaps), 5)}}
     return {"baseline_valley_depth": db, "valley_depth_gap": db - dx,
-            "baseline_valley_depth_noise": _sd(base), "valley_depth_gap_noise": _sd(gaps)}
+            "baseline_valley_depth_noise": _sd(base), "valley_depth_gap_noise": _sd(gaps),
+            "valley_seed_dof": len(common) - 1}
 
 
 def bottleneck_values(runs: pd.DataFrame, sd: float, evidence: dict) -> dict[str, float]:
@@ -332,7 +343,7 @@ def logit_lens_values(lens: pd.DataFrame, turning: int, evidence: dict) -> dict[
                                        "x_minus_baseline_mean": round(float(diffs.mean()), 4) if len(diffs) else None}
     se = _sd(diffs) / math.sqrt(max(len(diffs), 1))
     return {"late_gain_share_gap": float(abs(diffs.mean())) if len(diffs) else math.nan,
-            "late_gain_share_gap_seed_se": se}
+            "late_gain_share_gap_seed_se": se, "logit_lens_seed_dof": len(diffs) - 1}
 
 
 def variant_order() -> list[str]:
