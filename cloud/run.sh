@@ -3,7 +3,7 @@
 #   runs it as a DVC experiment outside the workspace (`dvc exp run --temp`), named <profile>-<paper>-<UTC time>;
 #   resumable checkpoints are mirrored to the DVC remote while it trains (a preempted node's run resumes on the
 #   next one: `sky jobs launch` restarts this script); at the end `dvc exp push` sends the experiment's git ref
-#   to GIT_REMOTE (default origin) and its artifacts to the DVC remote.
+#   to GIT_REMOTE (default origin) and its artifacts to the DVC remote (on several nodes, from node 0).
 # PAPER: foundation | hybrid_attention | xformer | lora_alpha | all.  PROFILE: smoke | laptop | paper.
 # LMREPRO_DRY_RUN=1 prints each command instead of running it (tests/test_cloud_launch.py).
 set -euo pipefail
@@ -25,4 +25,7 @@ export LMREPRO_CHECKPOINT_MIRROR="${LMREPRO_CHECKPOINT_MIRROR:-dvc}"
 # when it lands on the same node, from the mirror otherwise).
 export LMREPRO_CHECKPOINT_ROOT="${LMREPRO_CHECKPOINT_ROOT:-$(pwd)/data/checkpoints}"
 in_env dvc exp run --temp --name "$name" -S "profile=$PROFILE" ${target[@]+"${target[@]}"}
-in_env dvc exp push "${GIT_REMOTE:-origin}" "$name"
+# Several nodes (cloud/sky/nodes.yaml): every node trains and holds the results; node 0 alone pushes them.
+if [ "${SKYPILOT_NODE_RANK:-0}" = 0 ]; then
+  in_env dvc exp push "${GIT_REMOTE:-origin}" "$name"
+fi

@@ -1,13 +1,15 @@
-"""The cloud launch (cloud/sky/node.yaml, cloud/setup.sh, cloud/run.sh) without a cloud account: SkyPilot's own
-loader parses the task (SkyPilot in a venv of its own, as requirements/skypilot.txt says), and the task's setup and
-run commands run here in dry-run mode, printing the commands a node would run, which are then checked against the
-real tools (the DVC targets exist, the make targets exist)."""
+"""The cloud launch (cloud/sky/node.yaml and nodes.yaml, cloud/setup.sh, cloud/run.sh, cloud/accelerate/) without
+a cloud account: SkyPilot's own loader parses the tasks (SkyPilot in a venv of its own, as requirements/skypilot.txt
+says), and the task's setup and run commands run here in dry-run mode, printing the commands a node would run,
+which are then checked against the real tools (the DVC targets exist, the make targets exist)."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -62,6 +64,19 @@ def test_skypilot_loads_the_task(sky_python):
     assert task["secrets"] == ["HF_TOKEN"]
 
 
+def test_the_multinode_task_is_the_node_task_on_two_nodes(sky_python):
+    tasks = []
+    for path in (TASK, ROOT / "cloud/sky/nodes.yaml"):
+        out = subprocess.run([str(sky_python), "-c", LOAD, str(path)], capture_output=True, text=True, cwd=ROOT)
+        assert out.returncode == 0, out.stderr[-3000:]
+        task = json.loads(out.stdout.splitlines()[-1])
+        task["accelerators"] = sorted(json.dumps(a, sort_keys=True) for a in task["accelerators"])  # a set: any order
+        tasks.append(task)
+    one, several = tasks
+    assert one.pop("nodes") == 1 and several.pop("nodes") == 2
+    assert one == several
+
+
 def dry_run(command: str, **envs: str) -> subprocess.CompletedProcess:
     """The task's ``setup`` or ``run`` command as SkyPilot runs it (bash, the task's envs), in dry-run mode."""
     task = yaml12.loads(TASK.read_text())
@@ -105,6 +120,13 @@ def test_run_starts_the_paper_as_an_experiment_and_pushes_it(paper, target):
         assert listed.returncode == 0, listed.stderr
 
 
+def test_on_several_nodes_only_node_0_pushes():
+    for rank, pushes in (("0", True), ("1", False)):
+        plan = planned(dry_run("run", DVC_REMOTE="s3://bucket/lmrepro", SKYPILOT_NODE_RANK=rank))
+        assert plan[0][:4] == ["dvc", "exp", "run", "--temp"]
+        assert (len(plan) == 2 and plan[1][:3] == ["dvc", "exp", "push"]) == pushes, plan
+
+
 @pytest.mark.parametrize("envs, message", [
     ({"DVC_REMOTE": ""}, "set DVC_REMOTE"),
     ({"DVC_REMOTE": "s3://b/p", "PAPER": "xformers"}, "PAPER must be one of foundation, hybrid_attention"),
@@ -113,3 +135,28 @@ def test_run_starts_the_paper_as_an_experiment_and_pushes_it(paper, target):
 def test_a_wrong_setting_stops_before_anything_runs(envs, message):
     out = dry_run("run", **envs)
     assert out.returncode == 2 and message in out.stderr and "+ " not in out.stdout
+
+
+@pytest.mark.parametrize("name, kind, processes, machines", [("one_gpu", "NO", 1, 1), ("node_ddp", "MULTI_GPU", 8, 1),
+                                                             ("nodes_ddp", "MULTI_GPU", 16, 2)])
+def test_shipped_accelerate_configs_load_and_match_the_launcher(name, kind, processes, machines, tmp_path):
+    """cloud/accelerate/*.yaml through accelerate's own loader (an unknown key or a bad value fails there), with the
+    settings lmrepro.launch writes for its own launches (static rendezvous, no launcher-side mixed precision).
+    node_ddp.yaml also trains for real in tests/test_train_distributed.py."""
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    from lmrepro.launch import Machines, start
+
+    config = load_config_from_file(str(ROOT / "cloud/accelerate" / f"{name}.yaml"))
+    assert (config.distributed_type.value, config.num_processes, config.num_machines) == (kind, processes, machines)
+    assert config.mixed_precision == "no" and not config.use_cpu
+    # the config the launcher writes for the same shape (the launch is stopped before it trains)
+    group = Machines(machines, 0, "127.0.0.1", 29500) if machines > 1 else None
+    proc, _ = start(print, (), "x", processes // machines, tmp_path, group=group)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate()
+    ours = load_config_from_file(str(tmp_path / "accelerate.yaml"))
+    group_keys = ("rdzv_backend", "same_network") if processes > 1 else ()  # how a process group meets
+    for key in ("distributed_type", "num_processes", "num_machines", "mixed_precision", "use_cpu", "gpu_ids",
+                *group_keys):
+        assert getattr(ours, key) == getattr(config, key), key

@@ -29,7 +29,7 @@ from test_train_distributed import shrink_params
 from lmrepro import yaml12
 from lmrepro.config import LaunchConfig, load_config
 from lmrepro.data import load_index
-from lmrepro.launch import call, start
+from lmrepro.launch import Machines, _free_port, call, machines, start
 from lmrepro.papers.hybrid_attention import artifacts as hy_artifacts
 from lmrepro.papers.hybrid_attention import runs as hybrid_runs
 from lmrepro.papers.xformer import artifacts as xf_artifacts
@@ -166,3 +166,89 @@ def test_a_run_interrupted_on_one_count_resumes_on_the_other(projects, tmp_path,
     assert row["resumed_from"] == stopped and row["steps"] == STEPS
     ref = xf_artifacts.run_dirs(paths_ref, "x", job.name)
     assert_close_runs(ref["log"], dirs["log"], ref["out"] / "final", dirs["out"] / "final")
+
+
+# -- several machines ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("env, expected", [
+    ({}, None),                                                       # no scheduler: one machine
+    ({"SKYPILOT_NUM_NODES": "1"}, None),
+    ({"SKYPILOT_NUM_NODES": "2", "SKYPILOT_NODE_RANK": "1", "SKYPILOT_NODE_IPS": "10.0.0.4\n10.0.0.5\n"},
+     Machines(2, 1, "10.0.0.4", 29500)),                              # SkyPilot: the first IP is machine 0's
+    ({"LMREPRO_MACHINES": "3", "NODE_RANK": "2", "MASTER_ADDR": "head", "MASTER_PORT": "6000"},
+     Machines(3, 2, "head", 6000)),                                   # torchrun-style variables
+    ({"LMREPRO_MACHINES": "2", "LMREPRO_MACHINE_RANK": "0", "SLURM_NODEID": "1", "LMREPRO_MAIN_ADDRESS": "a",
+      "MASTER_ADDR": "b", "LMREPRO_MAIN_PORT": "7000"}, Machines(2, 0, "a", 7000)),  # ours first
+])
+def test_machines_from_the_schedulers_environment(env, expected):
+    assert machines(LaunchConfig(), env) == expected
+
+
+def test_machines_in_the_profile_win_over_the_environment():
+    env = {"SKYPILOT_NUM_NODES": "4", "SKYPILOT_NODE_RANK": "0", "SKYPILOT_NODE_IPS": "h"}
+    assert machines(LaunchConfig(machines=1), env) is None
+    assert machines(LaunchConfig(machines=2), env) == Machines(2, 0, "h", 29500)
+    assert machines(None, env) is None  # no launch block: a function that trains here
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"LMREPRO_MACHINES": "2", "LMREPRO_MAIN_ADDRESS": "h"}, "rank is not set: export LMREPRO_MACHINE_RANK"),
+    ({"LMREPRO_MACHINES": "2", "NODE_RANK": "2", "MASTER_ADDR": "h"}, r"NODE_RANK='2': a machine rank must be 0\.\.1"),
+    ({"LMREPRO_MACHINES": "2", "NODE_RANK": "1"}, "not where machine 0 is: export LMREPRO_MAIN_ADDRESS"),
+    ({"LMREPRO_MACHINES": "2", "NODE_RANK": "1", "MASTER_ADDR": "h", "MASTER_PORT": "x"}, "not a TCP port"),
+    ({"SKYPILOT_NUM_NODES": "two"}, "is not a machine count"),
+])
+def test_machines_refuses_an_incomplete_environment(env, message):
+    with pytest.raises(ValueError, match=message):
+        machines(LaunchConfig(), env)
+
+
+@pytest.fixture
+def machine_projects(tmp_path, token_dirs, monkeypatch):
+    """Three projects on the same data, each its own disk: a 1-process reference and machines 0 and 1."""
+    out = {}
+    for name in ("ref", "m0", "m1"):
+        root = make_project(tmp_path / name, token_dirs)
+        out[name] = (load_config(root / "params.yaml", profile="smoke"), project_paths(root))
+    monkeypatch.chdir(tmp_path)
+    return out
+
+
+def launch_machines(fn, projects, job, folder: Path) -> list[tuple[int, str]]:
+    """``fn`` on two "machines" of one process each (localhost, one port), each with its own project."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    port = _free_port()
+    procs = []
+    for rank, (cfg, paths) in enumerate(projects):
+        (folder / str(rank)).mkdir(parents=True)
+        group = Machines(2, rank, "127.0.0.1", port)
+        procs.append(start(fn, (cfg, paths), job, 1, folder / str(rank), group=group)[0])
+    with ThreadPoolExecutor(2) as pool:  # drain both pipes at once: a full pipe would stall its machine's step
+        outs = list(pool.map(lambda p: p.communicate(timeout=600)[0], procs))
+    return [(p.returncode, out) for p, out in zip(procs, outs)]
+
+
+def test_two_machines_train_the_run_of_one_and_each_keeps_its_outputs(machine_projects, tmp_path):
+    (cfg, ref), m0, m1 = (machine_projects[k] for k in ("ref", "m0", "m1"))
+    assert call(foundation_run, (cfg, ref), "baseline", ONE).completed
+    ends = launch_machines(foundation_run, [m0, m1], "baseline", tmp_path / "launch")
+    assert [code for code, _ in ends] == [0, 0], ends[0][1][-3000:] + ends[1][1][-3000:]
+    assert "on 2 processes" in ends[0][1]
+    for _, paths in (m0, m1):  # each machine has the run's weights, log and resumable checkpoint on its own disk
+        assert_close_runs(ref.results("foundation") / "train_log.csv", paths.results("foundation") / "train_log.csv",
+                          ref.model("baseline") / "final", paths.model("baseline") / "final")
+        assert any(ckpt.list_checkpoints(p) for p in paths.checkpoints("baseline").iterdir() if p.is_dir())
+    w0, w1 = (load_model(p.model("baseline") / "final").state_dict() for _, p in (m0, m1))
+    assert all(torch.equal(w0[k], w1[k]) for k in w0)  # the replicas are the same to the bit
+
+
+def test_machines_that_would_resume_from_different_steps_refuse(machine_projects, tmp_path):
+    """Machine 0 holds a checkpoint machine 1 lacks (no shared folder, no mirror): both stop before training."""
+    (cfg, ref), m0, m1 = (machine_projects[k] for k in ("ref", "m0", "m1"))
+    call(foundation_run, (cfg, ref), "baseline", ONE)
+    shutil.copytree(ref.checkpoints("baseline"), m0[1].checkpoints("baseline"))
+    ends = launch_machines(foundation_run, [m0, m1], "baseline", tmp_path / "launch")
+    assert all(code != 0 for code, _ in ends)
+    assert "found different checkpoints to resume from" in ends[0][1] + ends[1][1]
+    assert not (m1[1].model("baseline") / "final").exists()

@@ -71,7 +71,8 @@ def launch_env(tmp: Path) -> dict[str, str]:
 
 
 def launch_2proc(root: Path, run: str, *extra: str) -> str:
-    """``accelerate launch --multi_gpu --num_processes 2 ... -m lmrepro.train`` in ``root``; returns the output."""
+    """``accelerate launch --config_file cloud/accelerate/node_ddp.yaml --num_processes 2 ... -m lmrepro.train`` in
+    ``root``; returns the output."""
     for attempt in range(2):  # a free port can be taken between free_port() and the launch: retry once
         returncode, out = _launch(root, run, *extra)
         if returncode == 0 or "address already in use" not in out.lower():
@@ -81,8 +82,10 @@ def launch_2proc(root: Path, run: str, *extra: str) -> str:
 
 
 def _launch(root: Path, run: str, *extra: str) -> tuple[int, str]:
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+    # The shipped 8-GPU node config (cloud/accelerate/node_ddp.yaml) with 2 processes: gloo on this CPU.
+    config = REPO / "cloud/accelerate/node_ddp.yaml"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config),
+           "--num_processes", "2", "--dynamo_backend", "no",
            "--main_process_port", str(free_port()), "--monitor_interval", "0.5",
            "-m", "lmrepro.train", "--profile", "smoke", "--run", run, "--log", str(root / f"{run}.csv"), *extra]
     # Own process group: on timeout the launcher *and* its workers are killed.

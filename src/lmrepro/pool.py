@@ -61,17 +61,18 @@ def run_jobs(fn: Callable, jobs: Sequence[Any], shared: tuple = (), *, threads: 
     case, so results are the same for any worker count. workers: None → :func:`worker_count`.
     on_result(index, result): called here as each job finishes (progress logs), in completion order.
     launch: the profile's ``LaunchConfig`` for functions that train through the Trainer; when it means more
-    than one process, every job runs on that many processes, one job after another (:mod:`lmrepro.launch`).
+    than one process or machine, every job runs on them, one job after another (:mod:`lmrepro.launch`).
     A failing job stops the pool and re-raises its exception, naming the job.
     """
     import torch
 
-    from .launch import call, processes
+    from .launch import call, machines, processes
 
     jobs = list(jobs)
     n = worker_count(len(jobs)) if workers is None else max(1, min(workers, len(jobs)))
     out: list = [None] * len(jobs)
-    if n == 1 or processes(launch) > 1:  # here, one job after another (each launched on N processes if asked)
+    launched = launch is not None and (processes(launch) > 1 or machines(launch) is not None)  # raises early
+    if n == 1 or launched:  # here, one job after another (each launched on N processes if asked)
         before = torch.get_num_threads()
         torch.set_num_threads(threads)
         try:

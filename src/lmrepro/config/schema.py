@@ -167,8 +167,13 @@ class LaunchConfig:
     """How many processes train each run of a training stage (not what they compute: the global batch, the
     schedule and the precision are the run's, so a run gives the same numbers on any count, to float rounding)."""
 
-    processes: int | None = bounded(None, min=1, doc="processes per run: null = every visible CUDA GPU (1 on a "
-                                    "machine without CUDA); above 1 each run trains under `accelerate launch` (DDP)")
+    processes: int | None = bounded(None, min=1, doc="processes per run on each machine: null = every visible CUDA "
+                                    "GPU (1 on a machine without CUDA); above 1 each run trains under `accelerate "
+                                    "launch` (DDP)")
+    machines: int | None = bounded(None, min=1, doc="machines that train each run together: null = what the "
+                                   "scheduler says (LMREPRO_MACHINES, SkyPilot's SKYPILOT_NUM_NODES; else 1); above 1 "
+                                   "every machine runs the same stages and each run's processes join one group "
+                                   "(lmrepro.launch: rank and address from the environment)")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -172,20 +172,34 @@ class Trainer:
                 # Every process finds the same damage and moves on to the same previous checkpoint; only the
                 # first renames (another process may then find the folder gone: also "move on").
                 damaged = folder.with_name(folder.name + ".damaged")
-                if self.accelerator.is_main_process:
+                if self.accelerator.is_local_main_process:
                     shutil.rmtree(damaged, ignore_errors=True)
                     folder.rename(damaged)
                 log.warning("checkpoint %s is damaged (%s); kept as %s, trying the previous one", folder, err,
                             damaged.name)
                 continue
             log.info("resuming from %s (step %d)", shown(folder), state["step"])
+            self._agree_on_start(state["step"])
             return model, optimizer, scheduler, state
+        self._agree_on_start(0)
         return (*self._build(), None)
+
+    def _agree_on_start(self, step: int) -> None:
+        """Every process must resume from the same step; with several machines each reads its own disk, which may
+        not hold the newest checkpoint (no shared folder, no mirror): refuse rather than train diverged replicas."""
+        if self.accelerator.num_processes == 1:
+            return
+        steps = self.accelerator.gather(torch.tensor([step], device=self.accelerator.device)).tolist()
+        if len(set(steps)) > 1:
+            raise RuntimeError(f"the processes found different checkpoints to resume from (step by process: {steps}); "
+                               f"every machine needs the newest checkpoint of {self.ckpt_dir}: configure the "
+                               "checkpoint mirror (LMREPRO_CHECKPOINT_MIRROR, a DVC remote) or a shared folder "
+                               "(LMREPRO_CHECKPOINT_ROOT), or remove the newer ones")
 
     # -- loop ----------------------------------------------------------------------------------
     def fit(self, until_step: int | None = None) -> TrainResult:
         """Train to ``cfg.max_steps`` (or stop early after ``until_step`` steps, as a preemption would)."""
-        lock = RunLock(self.run_dir).acquire() if self.accelerator.is_main_process else None
+        lock = RunLock(self.run_dir).acquire() if self.accelerator.is_local_main_process else None
         try:
             with Watch() as watch:
                 return self._fit(until_step, watch)
@@ -271,7 +285,7 @@ class Trainer:
         bar.close()
         completed = stop == total
         final_dir = self.out_dir / "final"
-        if completed and acc.is_main_process:
+        if completed and acc.is_local_main_process:  # each machine's own copy (identical weights)
             self._publish(model, rows, start)
         acc.wait_for_everyone()
         budget_dirs = {b: self.out_dir / f"budget-{b}" for b in budgets}
@@ -315,7 +329,7 @@ class Trainer:
 
     # -- persistence ---------------------------------------------------------------------------
     def _save_checkpoint(self, model, optimizer, scheduler, step, rows) -> None:
-        if self.accelerator.is_main_process:
+        if self.accelerator.is_local_main_process:  # every machine resumes from its own disk
             state = {"step": step, "rows": rows, "fingerprint": self.fingerprint, "op_backends": self._backends()}
             ckpt.save_checkpoint(self.ckpt_dir / f"{ckpt.STEP_PREFIX}{step:07d}",
                                  self.accelerator.unwrap_model(model), optimizer, scheduler, state)
@@ -345,7 +359,7 @@ class Trainer:
     def _save_budget(self, model, budget: int, tokens: int) -> None:
         # Snapshots live beside the resumable checkpoints (a persistent folder) so a resumed run still
         # has the ones written before the interruption; _publish copies them to out_dir.
-        if self.accelerator.is_main_process:
+        if self.accelerator.is_local_main_process:
             ckpt.save_model(self.accelerator.unwrap_model(model), self.ckpt_dir / "budgets" / f"budget-{budget}",
                             extra={"budget_tokens": budget, "tokens_seen": tokens})
 
