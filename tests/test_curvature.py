@@ -218,3 +218,44 @@ def test_lanczos_scale_invariance_down_to_tiny_operators():
         assert lanczos(lambda v: H @ v, 40, iters=40, tol=1e-8)[0] == pytest.approx(1.0 * scale, rel=1e-6)
         assert lanczos(lambda v: H @ v, 40, iters=40, tol=1e-8, which="magnitude")[0] == pytest.approx(-5 * scale,
                                                                                                        rel=1e-6)
+
+
+@pytest.mark.parametrize("eigenvalues,which,expected", SPECTRA)
+def test_without_the_basis_the_three_term_recurrence_finds_the_same_eigenvalue(eigenvalues, which, expected):
+    """max_basis_bytes too small for the basis: the three-term recurrence, the eigenvalue only."""
+    from lmrepro.lora import top_hessian_eigenvalue
+
+    loss_fn, params, _ = _quadratic(eigenvalues)
+    value, vector = top_hessian_eigenvalue(loss_fn, params, iters=200, tol=1e-6, which=which, max_basis_bytes=0)
+    assert vector is None
+    assert value == pytest.approx(expected, rel=1e-4, abs=1e-4 * max(map(abs, eigenvalues)))
+    _, kept = top_hessian_eigenvalue(loss_fn, params, iters=200, tol=1e-6, which=which)
+    assert kept is not None  # the default budget holds this basis
+
+
+def _dense_operator(n: int, seed: int):
+    """(matvec, eigenvalues) of a dense symmetric n × n matrix with a decaying spectrum and a tight top cluster,
+    where plain Lanczos loses orthogonality after a few dozen products."""
+    g = torch.Generator().manual_seed(seed)
+    U, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))
+    lam = torch.cat([torch.tensor([5.0, 4.99, 4.98]), torch.rand(n - 3, generator=g, dtype=torch.float64) * 4 - 1])
+    M = U @ torch.diag(lam) @ U.T
+    return (lambda v: (M.to(v.dtype) @ v)), torch.linalg.eigvalsh(M)
+
+
+@pytest.mark.parametrize("reorthogonalize", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_lanczos_precision_and_reorthogonalization_against_a_dense_eigendecomposition(reorthogonalize, dtype):
+    """400 × 400, 120 products: float32 vectors and/or no re-orthogonalization still give λ_max to the
+    tolerance (relative 1e-6 here, the pipelines use 1e-3), no spurious larger value, the same start vector."""
+    from lmrepro.lora import lanczos
+
+    matvec, lam = _dense_operator(400, 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a cluster 0.002 wide may need all 120 products
+        value, vector = lanczos(matvec, 400, iters=120, tol=1e-7, dtype=dtype, reorthogonalize=reorthogonalize)
+    assert value == pytest.approx(float(lam[-1]), rel=1e-6 if dtype == torch.float64 else 1e-5)
+    assert value <= float(lam[-1]) * (1 + 1e-6)  # interlacing: never above λ_max (to rounding)
+    assert (vector is None) == (not reorthogonalize)
+    if vector is not None:
+        assert vector.dtype == dtype and vector.norm().item() == pytest.approx(1.0, abs=1e-5)
