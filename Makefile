@@ -95,11 +95,12 @@ stage-times: setup
 gpu-check:
 	PYTHONPATH=src:vendor python3 scripts/gpu_check.py --json-out gpu_check.json
 
-# fla's kernels as plain files for the GPU machine: the locked fla-core wheel, unzipped into vendor/ (5 MB).
-# fla also imports einops, which the H200 image has; elsewhere add it the same way.
+# fla's kernels and ruamel.yaml (our config reader) as plain files for the GPU machine: the locked pure-Python
+# wheels, unzipped into vendor/ (6 MB). fla also imports einops, and the trainer accelerate and safetensors, which
+# the H100/H200 image has; elsewhere add them the same way.
 vendor: setup
 	rm -rf vendor && mkdir -p vendor/.wheels
-	$(BIN)/python -m pip download --quiet --no-deps -d vendor/.wheels $$(grep '^fla-core==' requirements/lock.txt)
+	$(BIN)/python -m pip download --quiet --no-deps -d vendor/.wheels $$(grep -E '^(fla-core|ruamel\.yaml)==' requirements/lock.txt)
 	for w in vendor/.wheels/*.whl; do $(BIN)/python -m zipfile -e $$w vendor; done
 	rm -rf vendor/.wheels
 

@@ -8,9 +8,15 @@
 2. Training throughput (forward + backward, bf16 autocast) of every hybrid-attention architecture at
    the paper profile's sizes S1–S3 and 16K context, batch 1: tokens/s and MFU (model FLOPs per token
    6·N + attention 12·L_attn·T_eff·d, against the device's bf16 dense peak).
-Prints one JSON object; exit status 1 when a parity check fails or an architecture fails to train, 2
-without CUDA. ``--interpret`` runs on CPU: part 1 with fla's kernels in Triton's interpreter (fp32, small
-shapes, see ``gpu_check_ops.py``), part 2 at 64 tokens to exercise this script; it measures nothing GPU.
+3. The pipelines' real training path (``lmrepro.probe``): every training entry at every paper-profile size
+   (foundation, ><former X 200M–2B, hybrid ``full`` S1–S5; smallest first while ``TRAIN_BUDGET_S`` lasts) through
+   the Trainer under accelerate with the configured micro-batch and loss chunking, two steps with a checkpoint
+   and a resume: peak GPU memory per size (on every GPU: 2 processes through ``lmrepro.launch`` when 2 GPUs
+   exist), and that the resume continued at step 1. An out-of-memory size is reported, not fatal.
+Prints one JSON object; exit status 1 when a parity check fails, an architecture fails to train or a trainer
+probe fails otherwise than by running out of memory, 2 without CUDA. ``--interpret`` runs on CPU: part 1 with
+fla's kernels in Triton's interpreter (fp32, small shapes, see ``gpu_check_ops.py``), parts 2 and 3 at the smoke
+profile's sizes to exercise this script; it measures nothing GPU.
 """
 
 from __future__ import annotations
@@ -24,7 +30,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-OPS_TIMEOUT_S = 360  # of the 8-minute budget; the throughput part needs the rest
+OPS_TIMEOUT_S = 360  # of the 8-minute budget; the throughput part and the trainer probes need the rest
+TRAIN_BUDGET_S = 120  # part 3 starts no new size after this long (a 2B probe writes ~30 GB of checkpoint)
 PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12}
 
 
@@ -81,6 +88,40 @@ def throughput(arch: str, size: str, seq_len: int, device: str, steps: int = 3) 
     return out
 
 
+def trainer_probes(profile: str, quick: bool, budget_s: float) -> list[dict]:
+    """Part 3: :func:`lmrepro.probe.probe` of every entry and size, fewest parameters first, on every
+    GPU (one process per GPU; one process on CPU), until ``budget_s`` has passed."""
+    import torch
+
+    from lmrepro.config import LaunchConfig, load_config
+    from lmrepro.launch import call
+    from lmrepro.models import DecoderLM
+    from lmrepro.probe import entries, entry_model, probe
+
+    cfg = load_config(ROOT / "params.yaml", profile=profile)
+    jobs = entries(cfg)
+    if quick:  # the smallest size of each entry
+        jobs = [j for i, j in enumerate(jobs) if all(j[0] != k[0] for k in jobs[:i])]
+    with torch.device("meta"):
+        size = {job: DecoderLM(entry_model(cfg, *job)[0]).num_parameters() for job in jobs}
+    launch = LaunchConfig(processes=min(2, max(1, torch.cuda.device_count())), machines=1)
+    out, start = [], time.perf_counter()
+    for job in sorted(jobs, key=size.get):
+        if time.perf_counter() - start > budget_s:
+            out.append({"entry": job[0], "size": job[1], "skipped": f"time budget of {budget_s:.0f} s spent"})
+            continue
+        try:
+            out.append(call(probe, (cfg,), job, launch))
+        except Exception as err:  # noqa: BLE001 — report and go on: one size must not hide the others
+            oom = "out of memory" in str(err).lower()
+            out.append({"entry": job[0], "size": job[1], "parameters": size[job],
+                        "out_of_memory" if oom else "error": repr(err)[:500]})
+        finally:
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+    return out
+
+
 def run_ops_check(flags: list[str], timeout_s: float) -> tuple[dict, int]:
     """Run gpu_check_ops.py → (its JSON report, exit status). Past ``timeout_s`` the child is stopped and the
     sections it finished (it rewrites its --json-out file after each) are returned with exit status 1."""
@@ -122,7 +163,7 @@ def main() -> int:
         device, seq_len, archs, steps = "cuda", 16384, ARCHITECTURES, 3
         sizes = ["s1"] if args.quick else ["s1", "s2", "s3"]
         ops_flags = ["--quick"] if args.quick else []
-    report: dict = {"ops": None, "throughput": []}
+    report: dict = {"ops": None, "throughput": [], "trainer": []}
     report["ops"], report["ops_exit"] = run_ops_check(ops_flags, timeout_s=OPS_TIMEOUT_S)
     for size in sizes:
         for arch in archs:
@@ -130,11 +171,13 @@ def main() -> int:
                 report["throughput"].append(throughput(arch, size, seq_len, device, steps=steps))
             except Exception as err:  # report and continue: one failing kernel must not hide the others
                 report["throughput"].append({"arch": arch, "size": size, "error": repr(err)[:500]})
+    report["trainer"] = trainer_probes("smoke" if args.interpret else "paper", args.quick, TRAIN_BUDGET_S)
     text = json.dumps(report, indent=2)
     print(text)
     if args.json_out:
         Path(args.json_out).write_text(text)
-    return 1 if report["ops_exit"] == 1 or any("error" in t for t in report["throughput"]) else 0
+    failed = any("error" in t for t in report["throughput"] + report["trainer"])
+    return 1 if report["ops_exit"] == 1 or failed else 0
 
 
 if __name__ == "__main__":

@@ -69,6 +69,15 @@ def test_gpu_check_interpret_runs_ops_and_throughput_plumbing():
     assert [t["arch"] for t in report["throughput"]] == ["full", "gdn"]
     for entry in report["throughput"]:
         assert entry["tokens_per_s"] > 0 and entry["parameters"] > 1e6 and "mfu" not in entry  # no GPU, no MFU
+    # part 3: every training entry at every smoke size through the Trainer, fewest parameters first, resumed
+    probes = report["trainer"]
+    assert {(t["entry"], t["size"]) for t in probes} == {("foundation", "baseline"), ("xformer", "s1"),
+                                                          ("xformer", "s2"), ("xformer", "s3"),
+                                                          ("hybrid_attention", "s1"), ("hybrid_attention", "s2")}
+    assert [t["parameters"] for t in probes] == sorted(t["parameters"] for t in probes)
+    for t in probes:
+        assert (t["resumed_from_step"], t["steps"], t["completed"], t["processes"]) == (1, 2, True, 1), t
+        assert "peak_memory_gib" not in t  # no GPU, no GPU memory
 
 
 def test_gpu_check_without_cuda_says_so():

@@ -252,3 +252,13 @@ def test_machines_that_would_resume_from_different_steps_refuse(machine_projects
     assert all(code != 0 for code, _ in ends)
     assert "found different checkpoints to resume from" in ends[0][1] + ends[1][1]
     assert not (m1[1].model("baseline") / "final").exists()
+
+
+def test_the_gpu_checks_trainer_probe_resumes_on_two_processes():
+    """lmrepro.probe (part 3 of scripts/gpu_check.py) through a 2-process launch, as on a 2-GPU machine."""
+    from lmrepro.probe import probe
+
+    cfg = load_config(REPO / "params.yaml", profile="smoke")
+    out = call(probe, (cfg,), ("xformer", "s1"), TWO)
+    assert (out["processes"], out["resumed_from_step"], out["steps"], out["completed"]) == (2, 1, 2, True)
+    assert out["micro_batch_size"] == cfg.xformer.micro_batch_size and out["final_loss"] > 0
