@@ -15,10 +15,10 @@ BIN := $(VENV)/bin
 PROFILE ?=
 PYTEST_ARGS ?= -n 2 --dist loadfile
 export PATH := $(BIN):$(PATH)
-# No telemetry; no Hub access except for the paper profile, which downloads its data and Llama-3.2-1B (the
-# params-check stage checks access first: lmrepro.hub).
+# No telemetry; no Hub access except for the mid and paper profiles, which download their data and Llama-3.2-1B
+# (the params-check stage checks access first: lmrepro.hub).
 export DVC_NO_ANALYTICS := 1
-ifneq ($(value PROFILE),paper)
+ifeq ($(filter mid paper,$(value PROFILE)),)
 export HF_HUB_OFFLINE ?= 1
 endif
 export TOKENIZERS_PARALLELISM := false
@@ -51,8 +51,8 @@ endif
 # and reaches the shell only as an environment variable, never as recipe text; the params-check stage then
 # validates every parameter before any other stage.
 ifneq ($(filter repro,$(MAKECMDGOALS)),)
-ifneq ($(filter-out smoke laptop paper,$(value PROFILE))$(word 2,$(value PROFILE)),)
-$(error PROFILE must be one of smoke, laptop, paper (or unset for the default); nothing was run)
+ifneq ($(filter-out smoke laptop mid paper,$(value PROFILE))$(word 2,$(value PROFILE)),)
+$(error PROFILE must be one of smoke, laptop, mid, paper (or unset for the default); nothing was run)
 endif
 endif
 export PROFILE

@@ -4,14 +4,14 @@
 #   resumable checkpoints are mirrored to the DVC remote while it trains (a preempted node's run resumes on the
 #   next one: `sky jobs launch` restarts this script); at the end `dvc exp push` sends the experiment's git ref
 #   to GIT_REMOTE (default origin) and its artifacts to the DVC remote (on several nodes, from node 0).
-# PAPER: foundation | hybrid_attention | xformer | lora_alpha | all.  PROFILE: smoke | laptop | paper.
+# PAPER: foundation | hybrid_attention | xformer | lora_alpha | all.  PROFILE: smoke | laptop | mid | paper.
 # LMREPRO_DRY_RUN=1 prints each command instead of running it (tests/test_cloud_launch.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . cloud/common.sh
 
 require_remote
-case "${PROFILE:-}" in smoke|laptop|paper) ;; *) die "PROFILE must be one of smoke, laptop, paper (got '${PROFILE:-}')";; esac
+case "${PROFILE:-}" in smoke|laptop|mid|paper) ;; *) die "PROFILE must be one of smoke, laptop, mid, paper (got '${PROFILE:-}')";; esac
 case "${PAPER:-}" in
   all) target=() ;;
   foundation) target=(foundation-report) ;;

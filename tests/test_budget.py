@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PROFILE_NAMES = ("smoke", "laptop", "paper")
+PROFILE_NAMES = ("smoke", "laptop", "mid", "paper")
 
 
 @pytest.fixture(scope="module")
@@ -267,14 +267,15 @@ def test_documented_llama_shape_matches_the_transformers_architecture():
     assert not math.isclose(ours.matmul, ours.parameters)  # norms are no matmul weights
 
 
-def test_readme_budget_table_is_the_commands_output():
-    """The README's paper-profile table is what `python -m lmrepro.budget --profile paper --mfu 0.4` prints now."""
+@pytest.mark.parametrize("profile", ["mid", "paper"])
+def test_readme_budget_table_is_the_commands_output(profile):
+    """The README's tables are what `python -m lmrepro.budget --profile mid|paper --mfu 0.4` prints now."""
     import re
 
     from lmrepro.analysis.claims import replace_block
 
     readme = (ROOT / "README.md").read_text()
-    assert re.search(r"<!-- budget:paper -->\n(.*?)\n<!-- /budget:paper -->", readme, re.S)
-    printed = subprocess.run([sys.executable, "-m", "lmrepro.budget", "--profile", "paper", "--mfu", "0.4"],
+    assert re.search(rf"<!-- budget:{profile} -->\n(.*?)\n<!-- /budget:{profile} -->", readme, re.S)
+    printed = subprocess.run([sys.executable, "-m", "lmrepro.budget", "--profile", profile, "--mfu", "0.4"],
                              capture_output=True, text=True, check=True, cwd=ROOT).stdout.rstrip("\n")
-    assert replace_block(readme, "budget:paper", printed) == readme, "README budget table is stale: rerender it"
+    assert replace_block(readme, f"budget:{profile}", printed) == readme, "README budget table is stale: rerender it"

@@ -130,7 +130,7 @@ def test_on_several_nodes_only_node_0_pushes():
 @pytest.mark.parametrize("envs, message", [
     ({"DVC_REMOTE": ""}, "set DVC_REMOTE"),
     ({"DVC_REMOTE": "s3://b/p", "PAPER": "xformers"}, "PAPER must be one of foundation, hybrid_attention"),
-    ({"DVC_REMOTE": "s3://b/p", "PROFILE": "large"}, "PROFILE must be one of smoke, laptop, paper"),
+    ({"DVC_REMOTE": "s3://b/p", "PROFILE": "large"}, "PROFILE must be one of smoke, laptop, mid, paper"),
 ])
 def test_a_wrong_setting_stops_before_anything_runs(envs, message):
     out = dry_run("run", **envs)

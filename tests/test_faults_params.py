@@ -48,7 +48,7 @@ def run(project: Path, *cmd: str) -> subprocess.CompletedProcess:
 
 def digest(project: Path) -> dict[str, str]:
     """Hash of every produced output and parameter file (what must not change)."""
-    files = [*PRODUCED, "params.yaml", *(f"profiles/{p}.yaml" for p in ("smoke", "laptop", "paper"))]
+    files = [*PRODUCED, "params.yaml", *(f"profiles/{p}.yaml" for p in ("smoke", "laptop", "mid", "paper"))]
     return {f: hashlib.sha256((project / f).read_bytes()).hexdigest() if (project / f).exists() else "missing"
             for f in files}
 
@@ -149,7 +149,7 @@ def test_exp_run_with_a_bad_profile_leaves_params_yaml_as_it_was(project):
 def test_make_repro_refuses_a_bad_profile_before_anything_runs(project, profile):
     before = digest(project)
     out = run(project, "make", "-o", ".venv/.setup-done", "-o", "setup", "repro", f"PROFILE={profile}")
-    assert out.returncode == 2 and "PROFILE must be one of smoke, laptop, paper" in out.stderr
+    assert out.returncode == 2 and "PROFILE must be one of smoke, laptop, mid, paper" in out.stderr
     assert digest(project) == before and not (project / "PWNED").exists()
 
 

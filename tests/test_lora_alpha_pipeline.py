@@ -28,7 +28,7 @@ from lmrepro.papers.lora_alpha.config import METHODS, TASKS, LoraAlphaConfig  # 
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = yaml12.loads((ROOT / "params.yaml").read_text())
-PROFILES = ("smoke", "laptop", "paper")
+PROFILES = ("smoke", "laptop", "mid", "paper")
 PROFILE_PARAMS = {p: yaml12.loads((ROOT / "profiles" / f"{p}.yaml").read_text()) for p in PROFILES}
 PIPELINE = ROOT / "pipelines" / "lora_alpha"
 DVC_STAGES = yaml12.loads((PIPELINE / "dvc.yaml").read_text())["stages"]
@@ -73,14 +73,15 @@ def test_every_profile_fragment_validates(profile):
     la = section(profile)
     assert la.sweep.rank_grid()[0] == (la.sweep.ranks[0], la.sweep.alpha_multipliers[0], 1.0)
     assert set(la.methods.names) <= set(METHODS)
-    assert (la.hf_model is not None) == (profile == "paper")
+    assert (la.hf_model is not None) == (profile in ("mid", "paper"))  # Llama-3.2-1B from the Hub
     assert la.task_names == list(TASKS)  # the foreach list of the sweep and methods stages
 
 
-def test_paper_profile_grid_covers_the_papers_alpha_and_no_run_repeats_data():
+@pytest.mark.parametrize("profile", ["mid", "paper"])
+def test_llama_profiles_grid_covers_the_papers_alpha_and_no_run_repeats_data(profile):
     """The paper's α* ≈ 256·√r (α = r·m, so m* = 256/√r) lies inside the α grid at every rank with room above,
     and one fine-tuning run (train.steps × batch_size sequences) never sees a training sequence twice."""
-    la = section("paper")
+    la = section(profile)
     grid = la.sweep.alpha_multipliers
     for r in la.sweep.ranks:
         m_star = 256 / math.sqrt(r)

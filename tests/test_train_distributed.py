@@ -35,7 +35,7 @@ def shrink_params(src: Path, dst: Path, vocab_size: int) -> None:
     raw["profile"] = "smoke"
     dst.write_text(yaml12.dumps(raw))
     (dst.parent / "profiles").mkdir(exist_ok=True)
-    for name in ("laptop", "paper"):
+    for name in ("laptop", "mid", "paper"):
         shutil.copy(src.parent / "profiles" / f"{name}.yaml", dst.parent / "profiles" / f"{name}.yaml")
     smoke = yaml12.loads((src.parent / "profiles" / "smoke.yaml").read_text())
     smoke["tokenizer"]["vocab_size"] = vocab_size

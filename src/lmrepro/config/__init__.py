@@ -27,7 +27,7 @@ from .schema import (Config, DataConfig, EvalConfig, HFSourceConfig, LaunchConfi
                      TrainConfig)
 from .schema_tools import ConfigError, build
 
-PROFILES = ("smoke", "laptop", "paper")
+PROFILES = ("smoke", "laptop", "mid", "paper")
 PROFILE_DIR = "profiles"
 CORE_SECTIONS = ("data", "tokenizer", "model", "train", "eval", "launch")
 
