@@ -26,6 +26,7 @@ export LMREPRO_CHECKPOINT_MIRROR="${LMREPRO_CHECKPOINT_MIRROR:-dvc}"
 export LMREPRO_CHECKPOINT_ROOT="${LMREPRO_CHECKPOINT_ROOT:-$(pwd)/data/checkpoints}"
 in_env dvc exp run --temp --name "$name" -S "profile=$PROFILE" ${target[@]+"${target[@]}"}
 # Several nodes (cloud/sky/nodes.yaml): every node trains and holds the results; node 0 alone pushes them.
-if [ "${SKYPILOT_NODE_RANK:-0}" = 0 ]; then
+# The rank as lmrepro.launch reads it: LMREPRO_MACHINE_RANK first, then SkyPilot's.
+if [ "${LMREPRO_MACHINE_RANK:-${SKYPILOT_NODE_RANK:-0}}" = 0 ]; then
   in_env dvc exp push "${GIT_REMOTE:-origin}" "$name"
 fi

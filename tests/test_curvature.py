@@ -259,3 +259,18 @@ def test_lanczos_precision_and_reorthogonalization_against_a_dense_eigendecompos
     assert (vector is None) == (not reorthogonalize)
     if vector is not None:
         assert vector.dtype == dtype and vector.norm().item() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_without_reorthogonalization_the_stopping_rule_fires_at_the_pipelines_tolerance():
+    """At tol 1e-3 (the pipelines') in float32 the three-term recurrence stops on its residual bound, well before
+    the product cap, with no warning, and its value is within the tolerance of λ_max."""
+    from lmrepro.lora import lanczos
+
+    matvec, lam = _dense_operator(400, 0)
+    products = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        value, _ = lanczos(lambda v: products.append(1) or matvec(v), 400, iters=120, tol=1e-3,
+                           dtype=torch.float32, reorthogonalize=False)
+    assert len(products) < 60
+    assert value == pytest.approx(float(lam[-1]), rel=1e-3)

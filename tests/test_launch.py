@@ -243,15 +243,48 @@ def test_two_machines_train_the_run_of_one_and_each_keeps_its_outputs(machine_pr
     assert all(torch.equal(w0[k], w1[k]) for k in w0)  # the replicas are the same to the bit
 
 
-def test_machines_that_would_resume_from_different_steps_refuse(machine_projects, tmp_path):
-    """Machine 0 holds a checkpoint machine 1 lacks (no shared folder, no mirror): both stop before training."""
+def test_machines_resume_from_the_newest_step_all_hold_or_refuse(machine_projects, tmp_path):
+    """Machine 0 holds checkpoints machine 1 lacks (no mirror): both stop before training, naming each one's
+    steps; once machine 1 holds the older of them too, both resume from it and finish as the reference did."""
     (cfg, ref), m0, m1 = (machine_projects[k] for k in ("ref", "m0", "m1"))
     call(foundation_run, (cfg, ref), "baseline", ONE)
+    [run_dir] = [p for p in ref.checkpoints("baseline").iterdir() if p.is_dir()]
+    older, newest = ckpt.list_checkpoints(run_dir)[-2:]
     shutil.copytree(ref.checkpoints("baseline"), m0[1].checkpoints("baseline"))
-    ends = launch_machines(foundation_run, [m0, m1], "baseline", tmp_path / "launch")
+    ends = launch_machines(foundation_run, [m0, m1], "baseline", tmp_path / "refused")
     assert all(code != 0 for code, _ in ends)
-    assert "found different checkpoints to resume from" in ends[0][1] + ends[1][1]
+    assert all("is held by every process" in out for _, out in ends), ends[0][1][-2000:]
     assert not (m1[1].model("baseline") / "final").exists()
+    shutil.copytree(older, m1[1].checkpoints("baseline") / run_dir.name / older.name)
+    ends = launch_machines(foundation_run, [m0, m1], "baseline", tmp_path / "resumed")
+    assert [code for code, _ in ends] == [0, 0], ends[0][1][-3000:]
+    assert f"(step {ckpt.step_of(older)})" in ends[0][1] and ckpt.step_of(older) < ckpt.step_of(newest)
+    for _, paths in (m0, m1):
+        assert_close_runs(ref.results("foundation") / "train_log.csv", paths.results("foundation") / "train_log.csv",
+                          ref.model("baseline") / "final", paths.model("baseline") / "final")
+
+
+def test_a_failure_on_one_machine_stops_both(machine_projects, tmp_path):
+    """A run folder locked on machine 1 (another trainer holds it): machine 0 stops too instead of waiting in
+    its next collective, and says why."""
+    from lmrepro.train.guard import RunLock
+
+    (cfg, _), m0, m1 = (machine_projects[k] for k in ("ref", "m0", "m1"))
+    held = RunLock(m1[1].checkpoints("baseline")).acquire()
+    try:
+        ends = launch_machines(foundation_run, [m0, m1], "baseline", tmp_path / "launch")
+    finally:
+        held.release()
+    assert all(code != 0 for code, _ in ends)
+    assert "another process of this run failed" in ends[0][1] and "another trainer holds this run" in ends[1][1]
+
+
+def test_machines_sharing_a_checkpoint_folder_refuse(machine_projects, tmp_path):
+    """Both "machines" on one project folder (a network disk): each would write the same checkpoint files."""
+    m0 = machine_projects["m0"]
+    ends = launch_machines(foundation_run, [m0, m0], "baseline", tmp_path / "launch")
+    assert all(code != 0 for code, _ in ends)
+    assert "is shared with other machines" in ends[0][1] + ends[1][1]
 
 
 def test_the_gpu_checks_trainer_probe_resumes_on_two_processes():

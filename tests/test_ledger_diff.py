@@ -52,6 +52,8 @@ def test_papers_limits_the_comparison(tmp_path):
     assert set(diff_results(a, b)["papers"]) == {"paper_a", "paper_b"}
     only = diff_results(a, b, papers=["paper_b"])
     assert set(only["papers"]) == {"paper_b"} and only["flips"] == 0  # paper_a's flip is left out
+    with pytest.raises(ValueError, match=r"--papers \['paper_c'\]: no ledger .* are \['paper_a', 'paper_b'\]"):
+        diff_results(a, b, papers=["paper_b", "paper_c"])
 
 
 def test_mismatched_or_missing_ledgers_are_refused(tmp_path):

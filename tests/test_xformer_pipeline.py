@@ -396,16 +396,22 @@ def test_claim_values_on_a_hand_made_table(criteria):
         ent[("x", *run)] = [0.95, 0.8, 0.8, 0.8, 0.8]
     tables = _tables(losses, ent, seeds, grid, LENS)
     values, evidence = report.claim_values(tables)
-    assert values["gap_seed_sd"] == pytest.approx(0.01)
-    assert values["gap_seed_dof"] == 4  # two pairs (X − baseline, X − decreasing) of 3 seeds: 2 × (3 − 1)
+    # Reference: least squares of loss ~ seed + variant over the 3 seeded variants × 3 seeds (numpy's lstsq):
+    # σ² = RSS / ν, ν = 9 − 5 parameters = (3 − 1)(3 − 1), and a one-seed paired gap has variance 2σ².
+    table = {"baseline": [3.80, 3.81, 3.79], "x": [3.77, 3.79, 3.75], "decreasing": [3.81, 3.82, 3.80]}
+    y = np.array([v for vs in table.values() for v in vs])
+    design = np.array([[1.0, *(np.eye(3)[s][1:]), *(np.eye(3)[v][1:])] for v in range(3) for s in range(3)])
+    rss = float(np.linalg.lstsq(design, y, rcond=None)[1][0])
+    assert values["gap_seed_sd"] == pytest.approx(np.sqrt(2 * rss / 4))
+    assert values["gap_seed_dof"] == 4
     assert values["x_loss_gap_max"] == pytest.approx(-0.03)  # s2: the mean of the three seeds' gaps
-    assert values["x_loss_gap_noise"] == pytest.approx(0.01)
+    assert values["x_loss_gap_noise"] == pytest.approx(values["gap_seed_sd"])
     assert values["flop_ratio_equal_params"] == pytest.approx(0.98)
     assert values["width_ratio_equal_params"] == pytest.approx(0.9)
     assert values["zero_minus_carry"] == pytest.approx(0.03) and values["zero_minus_baseline"] == pytest.approx(0.0)
     assert values["learned_minus_zero"] == pytest.approx(0.03)
     assert values["x_minus_best_shape"] == pytest.approx(3.77 - 3.81)  # seed means (3.77 and 3.81)
-    assert values["x_minus_best_shape_noise"] == pytest.approx(0.01 / np.sqrt(3))
+    assert values["x_minus_best_shape_noise"] == pytest.approx(values["gap_seed_sd"] / np.sqrt(3))
     assert evidence["x_minus_best_shape"]["best_other_shape"] == "decreasing"
     assert values["baseline_valley_depth"] == pytest.approx(0.3)       # min(0.7, 0.8) − 0.4
     assert values["valley_depth_gap"] == pytest.approx(0.3 - 0.02)     # x: min(0.82, 0.82) − 0.8 at stage 2
@@ -426,15 +432,15 @@ def test_claim_values_on_a_hand_made_table(criteria):
     verdicts = {row["id"]: row["verdict"] for row in ledger}
     # margins: 2 × the noise's 95% upper bound, σ·u95(ν) (one-seed gaps: ν = 4, u95 = 2.37; the valley and the
     # logit lens: 3 seeds, ν = 2, u95 = 4.41)
-    margins = {row["id"]: row["margin"] for row in ledger}
-    assert margins["c1_loss_equal_params"] == margins["c6_bottleneck_recipe"] == pytest.approx(2 * 0.01 * 2.3724, 1e-3)
-    assert margins["c4_x_beats_shapes"] == pytest.approx(2 * 0.01 / np.sqrt(3) * 2.3724, 1e-3)
+    margins, sd = {row["id"]: row["margin"] for row in ledger}, values["gap_seed_sd"]
+    assert margins["c1_loss_equal_params"] == margins["c6_bottleneck_recipe"] == pytest.approx(2 * sd * 2.3724, 1e-3)
+    assert margins["c4_x_beats_shapes"] == pytest.approx(2 * sd / np.sqrt(3) * 2.3724, 1e-3)
     assert margins["c5_baseline_valley"] == margins["c5_x_avoids_valley"] == pytest.approx(2 * 0.02 * 4.4154, 1e-3)
     assert margins["c7_logit_lens"] == pytest.approx(2 * 0.02 / np.sqrt(3) * 4.4154, 1e-3)
-    # gaps of 0.03 (X − baseline, zero − carry, recipe − grid) are 3σ, but inside 2 × σ's upper bound (0.047)
+    # gaps of 0.03 (X − baseline, zero − carry, recipe − grid) are 3.7σ, but inside 2 × σ's upper bound (0.039)
     assert verdicts["c1_loss_equal_params"] == verdicts["c6_bottleneck_recipe"] == "inconclusive"
     assert verdicts["c3_carry_beats_zero"] == verdicts["c3_zero_beats_learned"] == "inconclusive"
-    assert verdicts["c4_x_beats_shapes"] == "reproduced"  # −0.04 against 0.027 (a difference of seed means)
+    assert verdicts["c4_x_beats_shapes"] == "reproduced"  # −0.04 against 0.022 (a difference of seed means)
     assert verdicts["c5_x_avoids_valley"] == verdicts["c7_logit_lens"] == "reproduced"
     assert verdicts["c5_baseline_valley"] == "reproduced"  # 0.3 > 0.02 + 0.177
 
@@ -476,13 +482,13 @@ def test_claim_values_turn_against_the_claims(criteria):
     assert values["zero_minus_carry"] == pytest.approx(-0.08)
     assert values["learned_minus_zero"] == pytest.approx(0.005)
     assert values["x_minus_best_shape"] == pytest.approx(0.05)   # diamond, one seed:
-    assert values["x_minus_best_shape_noise"] == pytest.approx(0.01 * np.sqrt((1 + 1 / 3) / 2))
+    assert values["x_minus_best_shape_noise"] == pytest.approx(values["gap_seed_sd"] * np.sqrt((1 + 1 / 3) / 2))
     assert values["baseline_valley_depth"] == 0 and values["valley_depth_gap"] == 0
     assert values["late_gain_share_gap"] == pytest.approx(0.0, abs=1e-12)
     verdicts = {r["id"]: r["verdict"] for r in build_ledger(criteria, values)}
     assert verdicts["c1_loss_equal_params"] == "not reproduced"
     assert verdicts["c3_carry_beats_zero"] == "not reproduced"
-    assert verdicts["c3_zero_beats_learned"] == "inconclusive"  # 0.005 < margin 0.047
+    assert verdicts["c3_zero_beats_learned"] == "inconclusive"  # 0.005: inside its margin
     assert verdicts["c4_x_beats_shapes"] == "not reproduced"
     assert verdicts["c5_x_avoids_valley"] == "inconclusive"
     assert verdicts["c6_bottleneck_recipe"] == verdicts["c7_logit_lens"] == "not reproduced"

@@ -13,6 +13,8 @@ included), the wall time of each phase and the resume. :func:`entries` lists a p
 from __future__ import annotations
 
 import dataclasses
+import gc
+import os
 import shutil
 import tempfile
 import time
@@ -77,36 +79,48 @@ def probe(cfg: Config, job: tuple[str, str]) -> dict[str, Any]:
                                save_every_steps=1000, eval_every_steps=None, warmup_fraction=0.0,
                                progress_every_steps=0)
     cuda = torch.cuda.is_available()
-    # One folder for every process of this machine (the checkpoint the second trainer resumes from is there).
-    folder = [tempfile.mkdtemp(prefix="lmrepro-probe-") if accelerator.is_local_main_process else None]
+    # One folder name for every process (each machine's own copy, on its own disk: the checkpoint the second
+    # trainer resumes from is there).
+    name = [f"lmrepro-probe-{os.getpid()}-{time.time_ns()}" if accelerator.is_main_process else None]
     if world > 1:
-        broadcast_object_list(folder)
-    root = Path(folder[0])
+        broadcast_object_list(name)
+    root = Path(tempfile.gettempdir()) / name[0]
+    if accelerator.is_local_main_process:
+        root.mkdir()
     try:
         if accelerator.is_local_main_process:
             _write_tokens(root / "tokens", spec.vocab_size, 4 * batch * (tcfg.seq_len + 1))
         accelerator.wait_for_everyone()
         tokens = root / "tokens"
-        phases = {}
-        if cuda:
-            torch.cuda.reset_peak_memory_stats()
+        phases, peaks = {}, []
         result = None
         for phase, until in (("first_step_s", 1), ("resume_s", None)):
+            if cuda:
+                torch.cuda.reset_peak_memory_stats()
             start = time.perf_counter()
             trainer = Trainer(spec, tcfg, tokens, root / "out", root / "ckpt", accelerator=accelerator,
                               progress=False, mirror=None)
             result = trainer.fit(until_step=until)
             phases[phase] = round(time.perf_counter() - start, 2)
+            # The shared accelerator keeps every prepared model and optimizer: release this phase's, as a stage's
+            # own Trainer would go out of scope, so the next phase's peak is a run's alone.
+            precision = trainer.accelerator.mixed_precision
+            del trainer
+            accelerator.free_memory()
+            gc.collect()
+            if cuda:
+                peaks.append(torch.cuda.max_memory_allocated())
+                torch.cuda.empty_cache()
         with torch.device("meta"):  # counted without a second copy of the weights
             parameters = DecoderLM(spec).num_parameters()
         out = {"entry": entry, "size": size, "parameters": parameters,
                "seq_len": tcfg.seq_len, "micro_batch_size": tcfg.micro_batch_size, "processes": world,
-               "precision": trainer.accelerator.mixed_precision, "loss_chunk_tokens": tcfg.loss_chunk_tokens,
+               "precision": precision, "loss_chunk_tokens": tcfg.loss_chunk_tokens,
                "activation_checkpointing": tcfg.activation_checkpointing, **phases,
                "resumed_from_step": result.resumed_from_step, "steps": result.step, "completed": result.completed,
                "final_loss": result.rows[-1]["loss"] if result.rows else None}
-        if cuda:
-            out["peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+        if cuda:  # the larger of the two phases (the resume also loads the checkpoint)
+            out["peak_memory_gib"] = round(max(peaks) / 2**30, 2)
             out["device"] = torch.cuda.get_device_name()
     except BaseException:  # no barrier here: another process may be gone
         if accelerator.is_local_main_process:

@@ -128,9 +128,9 @@ class Claim:
 def noise_upper_factor(dof: float | None) -> float:
     """u95(ν) = √(ν / χ²₀.₀₅(ν)): a standard deviation ``s`` estimated with ν degrees of freedom (e.g. 3 seeds: ν = 2;
     k pooled groups of n: ν = k(n − 1)) lies below the true σ by more than this factor with only 5% probability
-    (νs²/σ² ~ χ²(ν)), so ``s·u95(ν)`` is σ's one-sided 95% upper confidence bound. A margin built on it does
-    not shrink because a few seeds happened to agree (u95(2) = 4.4, u95(4) = 2.4, u95(10) = 1.6). NaN when ν is
-    missing or below 1."""
+    (νs²/σ² ~ χ²(ν)), so ``s·u95(ν)`` is σ's one-sided 95% upper confidence bound (u95(2) = 4.4, u95(4) = 2.4,
+    u95(10) = 1.6). A margin built on it still scales with ``s``; it is wider, so that it covers the noise levels
+    ``s``'s own sampling error allows. ν may be fractional; NaN when it is missing or below 1."""
     if dof is None or not math.isfinite(dof) or dof < 1:
         return math.nan
     from scipy.stats import chi2
@@ -236,9 +236,10 @@ def render_markdown(ledger: dict[str, Any]) -> str:
         noise = row.get("noise") or {}
         source = noise.get("source", "")
         if noise.get("value") is not None:
-            upper = noise.get("upper_95")
+            upper, dof = noise.get("upper_95"), noise.get("dof")
+            known = upper is not None and dof is not None and math.isfinite(upper)
             source += f" (measured {noise['value']:.3g}" + (
-                f", ν = {noise['dof']:g}, upper bound {upper:.3g})" if upper is not None else ")")
+                f", ν = {dof:g}, upper bound {upper:.3g})" if known else ")")
         notes = []
         pre = row.get("precondition")
         if pre:

@@ -78,6 +78,10 @@ def diff_results(results_a: Path, results_b: Path, papers: list[str] | None = No
     """Compare every paper ledger found in both folders, or only ``papers`` (raises FileNotFoundError when there
     is none)."""
     out: dict[str, Any] = {"a": str(results_a), "b": str(results_b), "papers": {}}
+    found = sorted(p.parent.name for p in Path(results_a).glob("*/claims.json"))
+    unknown = sorted(set(papers or ()) - set(found))
+    if unknown:
+        raise ValueError(f"--papers {unknown}: no ledger in {results_a}; its papers are {found}")
     for ledger_a in sorted(Path(results_a).glob("*/claims.json")):
         paper = ledger_a.parent.name
         if papers is not None and paper not in papers:

@@ -18,15 +18,17 @@ returned with a warning naming the residual.
 
 Memory and precision. The basis lives on the parameters' device: float64 on CPU, float32 on a GPU. With full
 re-orthogonalization it holds ``iters + 1`` vectors of n entries — 31 × n × 4 B is ~120 GB for Llama-3.2-1B's
-adapted weights (n ≈ 1e9), more than a GPU holds — so above ``max_basis_bytes`` :func:`top_hessian_eigenvalue`
-runs the three-term recurrence without re-orthogonalization (four vectors: 16 GB there) and returns no
-eigenvector. The eigenvalue stays trustworthy: in finite precision Lanczos loses orthogonality only towards Ritz
-vectors that have already converged (Paige), which adds spurious copies of converged eigenvalues but no wrong
-extreme one, and a Ritz value whose residual β_m·|s_m| is small is still within that residual (+ O(ε‖H‖)) of an
-eigenvalue of H, so the stopping rule holds unchanged. float32 suffices for the same reason: the products H·v
-are computed in the model's precision anyway, and float32 rounding in the recurrence (ε ≈ 6e-8, dot products
-reduced pairwise: error ~ ε·log n) is four orders below the relative tolerance 1e-3 the pipelines use
-(tests/test_curvature.py compares both modes and both precisions with dense eigendecompositions).
+adapted weights (n ≈ 1e9), more than a GPU holds — so above ``max_basis_bytes`` :func:`top_hessian_eigenvalue` runs
+the three-term recurrence without re-orthogonalization (q, q_prev and w updated in place, plus the product's own
+buffers: about 6n floats at once, 24 GB there) and returns no eigenvector. The eigenvalue stays trustworthy: in
+finite precision Lanczos loses orthogonality only towards Ritz vectors that have already converged (Paige), which
+adds spurious copies of converged eigenvalues but no wrong extreme one, and a Ritz value whose residual β_m·|s_m|
+is small is still within that residual (+ O(ε‖H‖)) of an eigenvalue of H, so the stopping rule holds unchanged.
+float32 suffices for the same reason: the products H·v are computed in the model's precision anyway, and float32
+rounding in the recurrence (ε ≈ 6e-8, dot products reduced pairwise: error ~ ε·log n) is four orders below the
+relative tolerance 1e-3 the pipelines use. Without re-orthogonalization keep tol ≥ √ε (3e-4 in float32): below it,
+copies of a converged eigenvalue can delay the stop (a warning, not a wrong value). tests/test_curvature.py
+compares both modes and both precisions with dense eigendecompositions.
 
 Functions: :func:`top_hessian_eigenvalue` (any parameters), :func:`lora_vs_full_curvature` (a PEFT model:
 LoRA parameters versus the base weights they adapt), :func:`adam_preconditioned_sharpness`
@@ -52,7 +54,7 @@ def lanczos(matvec: Callable[[torch.Tensor], torch.Tensor], n: int, *, iters: in
             reorthogonalize: bool = True) -> tuple[float, torch.Tensor | None]:
     """Extreme eigenpair of a symmetric operator: matvec v [n] → M·v [n] → (eigenvalue, unit vector [n]), the
     vectors in ``dtype`` on ``device`` (None: CPU). ``reorthogonalize=False``: the three-term recurrence with
-    four vectors instead of the whole basis, and no eigenvector (None); see the module docstring.
+    three vectors instead of the whole basis, and no eigenvector (None); see the module docstring.
 
     At most ``iters`` products; see the module docstring for ``which``, the stopping rule and the warning.
     """
@@ -106,7 +108,7 @@ def _ritz(alphas: list[float], betas: list[float], which: str) -> tuple[float, t
 def _lanczos_three_term(matvec: Callable[[torch.Tensor], torch.Tensor], q: torch.Tensor, steps: int, tol: float,
                         which: str) -> float:
     """:func:`lanczos`'s eigenvalue from the plain recurrence w = M·q_m − α_m·q_m − β_{m−1}·q_{m−1} (one
-    local re-orthogonalization against q_m), holding four vectors of n."""
+    local re-orthogonalization against q_m), holding three vectors of n."""
     prev = torch.zeros_like(q)
     alphas: list[float] = []
     betas: list[float] = []
@@ -115,8 +117,9 @@ def _lanczos_three_term(matvec: Callable[[torch.Tensor], torch.Tensor], q: torch
         w = matvec(q).to(q.dtype)
         alpha = float(q @ w)
         alphas.append(alpha)
-        w = w - alpha * q - (betas[-1] if betas else 0.0) * prev
-        w = w - float(q @ w) * q
+        # in place: no temporaries of n entries beside w, q and prev (and matvec's own)
+        w.sub_(q, alpha=alpha).sub_(prev, alpha=betas[-1] if betas else 0.0)
+        w.sub_(q, alpha=float(q @ w))
         beta = float(w.norm())
         theta, s_vec, norm_t = _ritz(alphas, betas, which)
         residual = beta * abs(float(s_vec[-1]))
@@ -192,8 +195,7 @@ def top_hessian_eigenvalue(loss_fn: Callable[[], torch.Tensor], params: list[tor
         raise ValueError("params: empty; pass the tensors whose Hessian to probe")
     device = params[0].device
     dtype = basis_dtype(device)
-    n_total = sum(p.numel() for p in params)
-    full = (min(iters, n_total) + 1) * n_total * torch.finfo(dtype).bits // 8 <= max_basis_bytes
+    full = _basis_fits(sum(p.numel() for p in params), iters, dtype, max_basis_bytes)
     with twice_differentiable():
         matvec, n = hessian_matvec(loss_fn, params)
         value, v = lanczos(matvec, n, iters=iters, tol=tol, seed=seed, which=which, dtype=dtype, device=device,
@@ -231,7 +233,7 @@ def lora_vs_full_curvature(model: torch.nn.Module, loss_fn: Callable[[], torch.T
 
 def adam_preconditioned_sharpness(loss_fn: Callable[[], torch.Tensor], params: list[torch.Tensor],
                                   optimizer: torch.optim.Optimizer, iters: int = 50, tol: float = 1e-4,
-                                  seed: int = 0) -> float:
+                                  seed: int = 0, max_basis_bytes: int = MAX_BASIS_BYTES) -> float:
     """λ_max(P^{-1/2}·H·P^{-1/2}) with P = diag(√v̂ + ε) from an Adam/AdamW ``optimizer`` that has stepped
     (v̂ = exp_avg_sq / (1 − β₂^t)). Adam's update is −η·P⁻¹·m̂, so this is the sharpness its step size meets."""
     groups = {id(p): group for group in optimizer.param_groups for p in group["params"]}
@@ -249,5 +251,10 @@ def adam_preconditioned_sharpness(loss_fn: Callable[[], torch.Tensor], params: l
     with twice_differentiable():
         matvec, n = hessian_matvec(loss_fn, params)
         value, _ = lanczos(lambda v: d * matvec(d * v), n, iters=iters, tol=tol, seed=seed, dtype=d.dtype,
-                           device=device)
+                           device=device, reorthogonalize=_basis_fits(n, iters, d.dtype, max_basis_bytes))
     return value
+
+
+def _basis_fits(n: int, iters: int, dtype: torch.dtype, max_basis_bytes: int) -> bool:
+    """Whether the full Lanczos basis, (iters + 1) × n entries of ``dtype``, fits ``max_basis_bytes``."""
+    return (min(iters, n) + 1) * n * torch.finfo(dtype).bits // 8 <= max_basis_bytes

@@ -153,6 +153,11 @@ def load_checkpoint(folder: str | Path, model: DecoderLM, optimizer, scheduler) 
     return state
 
 
+def step_of(checkpoint: str | Path) -> int:
+    """The optimizer step of a checkpoint folder ``step-<N>``."""
+    return int(Path(checkpoint).name[len(STEP_PREFIX):])
+
+
 def list_checkpoints(folder: str | Path) -> list[Path]:
     """Complete checkpoints in ``folder``, oldest first (half-written ``.tmp`` folders are ignored)."""
     folder = Path(folder)
@@ -162,7 +167,7 @@ def list_checkpoints(folder: str | Path) -> list[Path]:
     # (and must not crash the sort below).
     found = [p for p in folder.iterdir() if p.is_dir() and p.name.startswith(STEP_PREFIX)
              and p.name[len(STEP_PREFIX):].isdigit() and (p / "state.json").is_file()]
-    return sorted(found, key=lambda p: int(p.name[len(STEP_PREFIX):]))
+    return sorted(found, key=step_of)
 
 
 def prune_checkpoints(folder: str | Path, keep: int) -> None:

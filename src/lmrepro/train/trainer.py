@@ -39,7 +39,8 @@ from ..models import DecoderLM, LMSpec
 from ..ops.dispatch import reset_backends_used
 from . import checkpoint as ckpt
 from .device import autocast_dtype, default_device
-from .guard import RunInterrupted, RunLock, Watch
+from .agree import agree, common_steps, private_folder, same_start
+from .guard import RunInterrupted, RunLock, RunLockedError, Watch
 from .mirror import CheckpointMirror
 from .schedule import lr_multiplier
 
@@ -149,58 +150,66 @@ class Trainer:
         """(model, optimizer, scheduler, state): from the newest checkpoint that loads, else fresh (state None).
         A damaged checkpoint is renamed ``<name>.damaged`` (kept, never deleted) and the previous one tried; a
         checkpoint of another run (fingerprint) is refused. A mirrored checkpoint newer than every local one (a
-        run preempted on another machine) is downloaded first."""
+        run preempted on another machine) is downloaded first. With several processes every check ends in an
+        exchange (:mod:`.agree`): all resume from the newest step each of them holds, or all stop."""
+        acc = self.accelerator
         if self.mirror is not None:
             try:
                 self.mirror.pull(self.ckpt_dir, self.fingerprint)
             except Exception as err:  # noqa: BLE001 — any store error: resume from what is here
                 log.warning("could not read the checkpoint mirror %s (%s: %s); resuming from the local checkpoints",
                             self.mirror.root, type(err).__name__, err)
-        self.accelerator.wait_for_everyone()
-        for folder in reversed(ckpt.list_checkpoints(self.ckpt_dir)):
+        acc.wait_for_everyone()
+        local = {ckpt.step_of(f): f for f in ckpt.list_checkpoints(self.ckpt_dir)}
+        shared, problem = common_steps(acc, list(local), self.ckpt_dir)
+        agree(acc, problem, "resume")
+        found = None
+        for step in sorted(shared, reverse=True):
+            folder = local[step]
             model, optimizer, scheduler = self._build()
             try:
-                found = ckpt.read_state(folder).get("fingerprint")
-                if found != self.fingerprint:
+                owner = ckpt.read_state(folder).get("fingerprint")
+                if owner != self.fingerprint:
                     raise ForeignCheckpointError(
-                        f"{folder}: checkpoint of run {found}, but this run's fingerprint is {self.fingerprint} "
+                        f"{folder}: checkpoint of run {owner}, but this run's fingerprint is {self.fingerprint} "
                         "(spec, training config and data); it was copied or moved here — remove it to train afresh")
                 state = ckpt.load_checkpoint(folder, model, optimizer, scheduler)
-            except ForeignCheckpointError:
-                raise
+            except ForeignCheckpointError as err:
+                problem = err
+                break
             except Exception as err:  # damaged: hash mismatch, truncated torch file, unreadable JSON, ...
-                # Every process finds the same damage and moves on to the same previous checkpoint; only the
-                # first renames (another process may then find the folder gone: also "move on").
+                # Every process of a machine finds the same damage and moves on to the same previous checkpoint;
+                # only the first renames (another process may then find the folder gone: also "move on").
                 damaged = folder.with_name(folder.name + ".damaged")
-                if self.accelerator.is_local_main_process:
+                if acc.is_local_main_process:
                     shutil.rmtree(damaged, ignore_errors=True)
                     folder.rename(damaged)
                 log.warning("checkpoint %s is damaged (%s); kept as %s, trying the previous one", folder, err,
                             damaged.name)
                 continue
-            log.info("resuming from %s (step %d)", shown(folder), state["step"])
-            self._agree_on_start(state["step"])
-            return model, optimizer, scheduler, state
-        self._agree_on_start(0)
+            found = (model, optimizer, scheduler, state)
+            break
+        agree(acc, problem, "resume")
+        step = found[3]["step"] if found else 0
+        agree(acc, same_start(acc, step, self.fingerprint, self.ckpt_dir), "resume")
+        if found:
+            log.info("resuming from %s (step %d)", shown(local[step]), step)
+            return found
         return (*self._build(), None)
-
-    def _agree_on_start(self, step: int) -> None:
-        """Every process must resume from the same step; with several machines each reads its own disk, which may
-        not hold the newest checkpoint (no shared folder, no mirror): refuse rather than train diverged replicas."""
-        if self.accelerator.num_processes == 1:
-            return
-        steps = self.accelerator.gather(torch.tensor([step], device=self.accelerator.device)).tolist()
-        if len(set(steps)) > 1:
-            raise RuntimeError(f"the processes found different checkpoints to resume from (step by process: {steps}); "
-                               f"every machine needs the newest checkpoint of {self.ckpt_dir}: configure the "
-                               "checkpoint mirror (LMREPRO_CHECKPOINT_MIRROR, a DVC remote) or a shared folder "
-                               "(LMREPRO_CHECKPOINT_ROOT), or remove the newer ones")
 
     # -- loop ----------------------------------------------------------------------------------
     def fit(self, until_step: int | None = None) -> TrainResult:
         """Train to ``cfg.max_steps`` (or stop early after ``until_step`` steps, as a preemption would)."""
-        lock = RunLock(self.run_dir).acquire() if self.accelerator.is_local_main_process else None
+        # Before the lock: on a folder shared between machines the lock would only say "held by another trainer".
+        agree(self.accelerator, private_folder(self.accelerator, self.ckpt_dir), "checkpoint folder")
+        lock, problem = None, None
+        if self.accelerator.is_local_main_process:
+            try:
+                lock = RunLock(self.run_dir).acquire()
+            except RunLockedError as err:
+                problem = err
         try:
+            agree(self.accelerator, problem, "run lock")
             with Watch() as watch:
                 return self._fit(until_step, watch)
         finally:

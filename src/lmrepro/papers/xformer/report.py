@@ -28,12 +28,13 @@ Metrics (named in pipelines/xformer/claims.yaml; all from our own numbers; "the 
                              narrowest block (``late_gain_share``), at the ablation size
 
 Noise (``*_noise``, ``*_seed_se``: the claims' margins are multiples of them): ``gap_seed_sd``, the standard
-deviation over seeds of the paired loss difference between two runs with the same seed (X − each other seeded
-variant at the ablation size, pooled), is the noise of a one-seed difference; a difference of seed means has
-``gap_seed_sd/√seeds``, and a ratio read off the fits moves by about ``ratio·gap_seed_sd/(a·L)`` when one
-architecture's losses shift by ``gap_seed_sd`` (ln C = (ln A − ln L)/a). The evidence also lists the paired
-standard error over validation windows (the evaluation sample only, not training noise). Each noise has its
-degrees of freedom (``gap_seed_dof``: Σ over the pooled pairs of seeds − 1; ``valley_seed_dof``,
+deviation of the loss difference between two runs with the same seed (from the residuals of the seed × variant
+table of the seeded variants at the ablation size, :func:`gap_seed_sd`), is the noise of a one-seed difference;
+a difference of seed means has ``gap_seed_sd/√seeds``, and a ratio read off the fits moves by about
+``ratio·gap_seed_sd/(a·L)`` when one architecture's losses shift by ``gap_seed_sd`` (ln C = (ln A − ln L)/a).
+The evidence also lists the paired standard error over validation windows (the evaluation sample only, not
+training noise). Each noise has its
+degrees of freedom (``gap_seed_dof``: (seeds − 1)(seeded variants − 1); ``valley_seed_dof``,
 ``logit_lens_seed_dof``: seeds − 1): the margins use the noise's 95% upper confidence bound
 (``claims.noise_upper_factor``).
 """
@@ -121,26 +122,31 @@ def _mean_loss(runs: pd.DataFrame, variant: str, size: str) -> float:
     return float(losses.mean()) if len(losses) else math.nan
 
 
-def gap_seed_sd(runs: pd.DataFrame, size: str) -> tuple[float, int, dict[str, list[float]]]:
-    """(pooled standard deviation over seeds of the paired gap X − v, for every other variant v with several
-    seeds at ``size``; X's seed count; the gaps by v). NaN when no pair has two seeds. Its degrees of freedom:
-    :func:`pooled_dof` of the gaps."""
+def gap_seed_sd(runs: pd.DataFrame, size: str) -> tuple[float, int, dict[str, list[float]], int]:
+    """(standard deviation of the paired gap between two variants' runs with the same seed at ``size``; X's seed
+    count; the gaps X − v by variant v, for the evidence; degrees of freedom).
+
+    The variants with several seeds (X among them) over the seeds they all have form a seed × variant table; the
+    additive model loss = seed effect + variant effect + ε leaves residuals whose mean square estimates σ²_ε with
+    ν = (seeds − 1)(variants − 1), and a one-seed paired gap has variance 2σ²_ε. (Pooling the gap series X − v
+    instead would count ν too high: they share X's runs.) NaN and ν = 0 without two seeds of X and another."""
     x = seed_losses(runs, "x", size)
-    gaps = {}
+    table = {}
     for variant in dict.fromkeys(runs.variant):
-        if variant in ("x", "bottleneck"):  # bottleneck: one seed per grid point
+        if variant == "bottleneck":  # one seed per grid point
             continue
-        d = (x - seed_losses(runs, variant, size)).dropna()
-        if len(d) >= 2:
-            gaps[variant] = d.tolist()
-    if not gaps:
-        return math.nan, len(x), gaps
-    return float(math.sqrt(np.mean([np.var(g, ddof=1) for g in gaps.values()]))), len(x), gaps
-
-
-def pooled_dof(groups: dict[str, list[float]]) -> int:
-    """Degrees of freedom of a standard deviation pooled over groups: Σ (group size − 1)."""
-    return sum(len(g) - 1 for g in groups.values())
+        losses = seed_losses(runs, variant, size)
+        if len(losses) >= 2:
+            table[variant] = losses
+    gaps = {v: (x - losses).dropna().tolist() for v, losses in table.items() if v != "x"}
+    frame = pd.DataFrame(table).dropna()  # seeds × variants, the seeds every seeded variant has
+    seeds, variants = frame.shape
+    if "x" not in frame or seeds < 2 or variants < 2:
+        return math.nan, len(x), gaps, 0
+    values = frame.to_numpy(dtype=np.float64)
+    resid = values - values.mean(0, keepdims=True) - values.mean(1, keepdims=True) + values.mean()
+    dof = (seeds - 1) * (variants - 1)
+    return float(math.sqrt(2 * (resid ** 2).sum() / dof)), len(x), gaps, dof
 
 
 def paired_se(windows: pd.DataFrame, a: str, b: str, size: str) -> float:
@@ -201,11 +207,11 @@ def claim_values(tables: dict[str, pd.DataFrame]) -> tuple[dict[str, float], dic
     big, ab = largest(runs), ablation_size(runs)
     sizes = list(dict.fromkeys(main_runs(runs).query("variant == 'baseline'")["size"]))
     values, evidence = {}, {}
-    sd, n_seeds, seed_gaps = gap_seed_sd(runs, ab)
-    noise_ev = {"gap_seed_sd": round(sd, 5), "seeds": n_seeds, "size": ab,
+    sd, n_seeds, seed_gaps, dof = gap_seed_sd(runs, ab)
+    noise_ev = {"gap_seed_sd": round(sd, 5), "dof": dof, "seeds": n_seeds, "size": ab,
                 "paired_gaps_x_minus": {v: [round(g, 4) for g in gs] for v, gs in seed_gaps.items()}}
     values["gap_seed_sd"] = sd
-    values["gap_seed_dof"] = pooled_dof(seed_gaps)
+    values["gap_seed_dof"] = dof
 
     def gap(size: str) -> float:
         g = (seed_losses(runs, "x", size) - seed_losses(runs, "baseline", size)).dropna()
