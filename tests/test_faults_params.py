@@ -209,3 +209,15 @@ def test_switching_profile_with_dvc_rewrites_only_the_profile_line():
         old, new = (root / "params.yaml").read_text().splitlines(), copy.read_text().splitlines()
     assert len(old) == len(new)
     assert [(a, b) for a, b in zip(old, new) if a != b] == [("profile: laptop", "profile: paper")]
+
+
+def test_a_launch_this_machine_cannot_run_stops_dvc_before_any_output_is_touched(project):
+    """Two machines asked for (the scheduler's count) without this machine's rank: params-check stops `dvc repro`
+    (exit status 3) naming the variable, before any stage removes or writes an output; the parameters stay."""
+    before = digest(project)
+    env = {**tool_env(), "SKYPILOT_NUM_NODES": "2"}
+    out = subprocess.run(["dvc", "repro"], cwd=project, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0
+    assert "this machine's launch cannot train them" in out.stderr + out.stdout
+    assert "export LMREPRO_MACHINE_RANK" in out.stderr + out.stdout
+    assert digest(project) == before

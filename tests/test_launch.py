@@ -295,3 +295,20 @@ def test_the_gpu_checks_trainer_probe_resumes_on_two_processes():
     out = call(probe, (cfg,), ("xformer", "s1"), TWO)
     assert (out["processes"], out["resumed_from_step"], out["steps"], out["completed"]) == (2, 1, 2, True)
     assert out["micro_batch_size"] == cfg.xformer.micro_batch_size and out["final_loss"] > 0
+
+
+def test_launch_problems_name_an_indivisible_batch_and_a_missing_rank():
+    """lmrepro.launch.problems (the params-check's launch step) on the paper profile: 8 processes on 4 machines
+    split the foundation batch of 128 = 8 × 16 too finely; 2 SkyPilot nodes without a rank cannot start."""
+    import dataclasses
+
+    from lmrepro.launch import problems
+
+    paper = load_config(REPO / "params.yaml", profile="paper")
+    assert problems(paper, {}) == []
+    wide = dataclasses.replace(paper, launch=LaunchConfig(processes=8, machines=4))
+    found = problems(wide, {"LMREPRO_MACHINE_RANK": "0", "LMREPRO_MAIN_ADDRESS": "head"})
+    assert found == ["foundation baseline: batch_size 128 is not a multiple of micro_batch_size 8 × 32 processes "
+                     "(launch.processes, launch.machines): use fewer processes or change the batch"]
+    (missing,) = problems(dataclasses.replace(paper, launch=LaunchConfig(processes=8)), {"SKYPILOT_NUM_NODES": "2"})
+    assert missing.startswith("launch: 2 machines, but this machine's rank is not set")

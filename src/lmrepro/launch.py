@@ -106,6 +106,27 @@ def machines(launch, environ: Mapping[str, str] | None = None) -> Machines | Non
     return Machines(count, int(rank[1]), address[1].split()[0], int(port[1]) if port else DEFAULT_PORT)
 
 
+def problems(cfg, environ: Mapping[str, str] | None = None) -> list[str]:
+    """What would stop a training stage of ``cfg`` on this machine's launch, found before any stage runs (the
+    params-check stage): the machines' environment (:func:`machines`), and every Trainer-based run whose
+    ``batch_size`` is not a multiple of ``micro_batch_size`` × processes × machines. Empty when all is well."""
+    from .probe import entries, entry_model
+
+    try:
+        group = machines(cfg.launch, environ)
+    except ValueError as err:
+        return [f"launch: {err}"]
+    world = processes(cfg.launch) * (group.count if group else 1)
+    found = []
+    for entry, size in entries(cfg):
+        t = entry_model(cfg, entry, size)[1]
+        if t.batch_size % (t.micro_batch_size * world):
+            found.append(f"{entry} {size}: batch_size {t.batch_size} is not a multiple of micro_batch_size "
+                         f"{t.micro_batch_size} × {world} processes (launch.processes, launch.machines): use "
+                         "fewer processes or change the batch")
+    return found
+
+
 def call(fn: Callable, shared: tuple, job: Any, launch, threads: int = 1) -> Any:
     """``fn(*shared, job)``: here when ``launch`` means one process on one machine (torch threads as they are),
     else through :func:`run` on that many processes (per machine) and machines."""

@@ -10,8 +10,12 @@ alike). It checks, in order:
    plain identifier — these values reach a shell;
 2. params.yaml and every profile file, with the project's loader (YAML 1.2 as DVC reads it, duplicate keys
    refused, every key typed and bounded);
-3. for a profile that downloads (paper), that the Hub serves each repository it names to this machine — a gated
-   model without a login fails here, not days later (``lmrepro.hub``; exit status 3, the parameters untouched).
+3. for a profile that downloads (mid, paper), that the Hub serves each repository it names to this machine — a
+   gated model without a login fails here, not days later (``lmrepro.hub``; exit status 3, the parameters
+   untouched);
+4. that this machine's launch can train every run: the machines' rank and address variables when
+   ``launch.machines`` (or the scheduler) asks for several, and every batch divisible by micro-batch × processes ×
+   machines (``lmrepro.launch.problems``; exit status 3).
 
 Its output holds constant text on purpose: a valid edit must not make every stage rerun (what each stage
 reads is in its own ``params`` list). After a success it keeps a copy of the parameter files; after a
@@ -155,6 +159,13 @@ def main(argv: list[str] | None = None) -> int:
         print("params check: the parameters are valid, but this machine cannot read what profile "
               f"{cfg.profile} downloads:\n  " + "\n  ".join(unreachable) + "\nNothing was run, removed or changed.",
               file=sys.stderr)
+        return 3
+    from ..launch import problems as launch_problems  # processes and machines, before any stage trains
+
+    unlaunchable = launch_problems(cfg)
+    if unlaunchable:
+        print("params check: the parameters are valid, but this machine's launch cannot train them:\n  "
+              + "\n  ".join(unlaunchable) + "\nNothing was run, removed or changed.", file=sys.stderr)
         return 3
     stamp = root / STAMP
     stamp.parent.mkdir(parents=True, exist_ok=True)
