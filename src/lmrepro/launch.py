@@ -4,11 +4,11 @@
 block asks for more than one process (``processes: null`` = every visible CUDA GPU). The run's function and
 arguments are pickled to a file, ``accelerate launch --multi_gpu --num_processes N -m lmrepro.launch JOB RESULT``
 trains it — each process calls the same function, whose :class:`~lmrepro.train.Trainer` joins the process group
-(NCCL on GPUs, gloo on CPU) and splits every global batch between the processes — and the first process writes
-the function's return value to RESULT. The child's output streams into the notebook's output line by line.
-Ctrl-C in the notebook goes to the launcher and every process: each finishes its step, the first saves a
-resumable checkpoint (torchrun's agent allows 900 s for it before SIGKILL: ``TORCH_ELASTIC_SHUTDOWN_TIMEOUT``),
-and the stage stops; rerunning resumes on any process count.
+(NCCL on GPUs, gloo on CPU) and splits every global batch between the processes — and each machine's first
+process writes the function's return value to RESULT. The child's output streams into the notebook's output line
+by line. Ctrl-C in the notebook goes to the launcher and every process: each finishes its step, each machine's
+first process saves a resumable checkpoint (torchrun's agent allows 900 s for it before SIGKILL:
+``TORCH_ELASTIC_SHUTDOWN_TIMEOUT``), and the stage stops; rerunning resumes on any process count.
 
 Processes run the runs of a stage one after another (each run uses every GPU). What a run computes does not
 depend on the count (same global batch, micro-batches split between processes, the loss normalized by the global
