@@ -43,7 +43,7 @@ def shrink_params(src: Path, dst: Path, vocab_size: int) -> None:
     smoke["model"] = {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "intermediate_size": 64, "max_seq_len": 160}
     smoke["train"] = {"seq_len": 16, "batch_size": 8, "micro_batch_size": 4, "max_tokens": 6 * 8 * 16, "lr": 3e-3,
                       "warmup_fraction": 0.2, "checkpoint_tokens": [256], "save_every_steps": 3,
-                      "eval_every_steps": 3, "eval_windows": 2, "precision": "fp32"}
+                      "eval_every_steps": 3, "eval_windows": 2, "precision": "fp32", "trackers": ["dvclive"]}
     smoke["eval"] = {"seq_len": 16, "batch_size": 4, "max_windows": 4}
     (dst.parent / "profiles" / "smoke.yaml").write_text(yaml12.dumps(smoke))
 
@@ -150,3 +150,8 @@ def _compare_runs(project: Path) -> None:
         assert r1.keys() == r2.keys()
         for key in r1:  # loss is reduced across processes; grad_norm shows DDP's averaging was undone
             assert r2[key] == pytest.approx(r1[key], rel=1e-5, abs=1e-7), (r1["step"], key)
+    # Live metrics (train.trackers [dvclive]) from the first process only, across the preemption: each step once,
+    # the values of the run's CSV.
+    with (project / "live" / "foundation" / "ddp" / "plots" / "metrics" / "loss.tsv").open() as fh:
+        live = [(int(r["step"]), float(r["loss"])) for r in csv.DictReader(fh, delimiter="\t")]
+    assert live == [(int(r["step"]), r["loss"]) for r in rows_2]

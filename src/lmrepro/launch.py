@@ -24,6 +24,7 @@ finds them; the first machine alone mirrors checkpoints and pushes results.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import pickle
 import signal
@@ -108,8 +109,9 @@ def machines(launch, environ: Mapping[str, str] | None = None) -> Machines | Non
 
 def problems(cfg, environ: Mapping[str, str] | None = None) -> list[str]:
     """What would stop a training stage of ``cfg`` on this machine's launch, found before any stage runs (the
-    params-check stage): the machines' environment (:func:`machines`), and every Trainer-based run whose
-    ``batch_size`` is not a multiple of ``micro_batch_size`` × processes × machines. Empty when all is well."""
+    params-check stage): the machines' environment (:func:`machines`), trackers (``train.trackers``) not installed
+    here, and every Trainer-based run whose ``batch_size`` is not a multiple of ``micro_batch_size`` × processes ×
+    machines. Empty when all is well."""
     from .probe import entries, entry_model
 
     try:
@@ -117,13 +119,17 @@ def problems(cfg, environ: Mapping[str, str] | None = None) -> list[str]:
     except ValueError as err:
         return [f"launch: {err}"]
     world = processes(cfg.launch) * (group.count if group else 1)
-    found = []
+    found, trackers = [], set()
     for entry, size in entries(cfg):
         t = entry_model(cfg, entry, size)[1]
+        trackers.update(t.trackers)
         if t.batch_size % (t.micro_batch_size * world):
             found.append(f"{entry} {size}: batch_size {t.batch_size} is not a multiple of micro_batch_size "
                          f"{t.micro_batch_size} × {world} processes (launch.processes, launch.machines): use "
                          "fewer processes or change the batch")
+    missing = sorted(t for t in trackers if importlib.util.find_spec(t) is None)
+    if missing:
+        found.append(f"train.trackers: {missing} not installed on this machine (pip install {' '.join(missing)})")
     return found
 
 

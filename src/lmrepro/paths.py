@@ -76,6 +76,12 @@ class Paths:
         see :attr:`checkpoint_root`)."""
         return self.checkpoint_root / paper
 
+    def live(self, paper: str) -> Path:
+        """Where a paper's runs log while they train (``train.trackers``; DVCLive: live/<paper>/<run>/metrics.json,
+        declared as DVC metrics in dvc.yaml, so ``dvc exp show`` lists a running stage's runs). Not versioned: a
+        run's curve is in its CSV under results/."""
+        return self.root / "live" / paper
+
     def pipeline(self, paper: str) -> Path:
         """A paper's pipeline folder: its dvc.yaml, README and claims criteria."""
         return self.root / "pipelines" / paper

@@ -100,6 +100,10 @@ class ModelConfig:
                 f"{kv} kv heads must divide num_heads {self.num_heads}")
 
 
+# accelerate's tracker names (accelerate.utils.LoggerType, less "all": a run names what it sends data to).
+TRACKERS = ("dvclive", "tensorboard", "wandb", "mlflow", "aim", "comet_ml", "clearml", "swanlab", "trackio")
+
+
 @dataclass(frozen=True, kw_only=True)
 class TrainConfig:
     seq_len: int = bounded(min=2)
@@ -129,6 +133,10 @@ class TrainConfig:
     activation_checkpointing: bool = False
     progress_every_steps: int = bounded(0, min=0, doc="period of the progress line (tokens/s, loss, ETA) and of "
                                                       "the live per-step CSV; 0: every 5% of the run")
+    trackers: list[str] = bounded([], choices=TRACKERS,
+                                  doc="accelerate trackers that receive every logged row while the run trains "
+                                      "(dvclive: live/<paper>/<run>/, which `dvc exp show` reads; tensorboard "
+                                      "writes there too; the others to their own services)")
 
     @property
     def tokens_per_step(self) -> int:

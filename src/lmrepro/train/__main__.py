@@ -37,7 +37,8 @@ def main(argv: list[str] | None = None) -> None:
     paths = project_paths(args.root if args.root else (Path(args.params).resolve().parent if args.params else None))
     spec = LMSpec.from_config(cfg.model, vocab_size=cfg.tokenizer.vocab_size)
     trainer = Trainer(spec, cfg.train, paths.tokens("train"), paths.model(args.run), paths.checkpoints(args.run),
-                      val_dir=paths.tokens("validation"), log_path=args.log, run_config=cfg)
+                      val_dir=paths.tokens("validation"), log_path=args.log, run_config=cfg,
+                      live_dir=paths.live("foundation") / args.run)
     result = trainer.fit(until_step=args.until_step)
     if trainer.accelerator.is_main_process:
         loss = result.rows[-1]["loss"] if result.rows else float("nan")

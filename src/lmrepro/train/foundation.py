@@ -17,7 +17,8 @@ def train_run(cfg: Config, paths: Paths, run: str) -> TrainResult:
     spec = LMSpec.from_config(cfg.model, vocab_size=cfg.tokenizer.vocab_size)
     trainer = Trainer(spec, cfg.train, paths.tokens("train"), paths.model(run), paths.checkpoints(run),
                       val_dir=paths.tokens("validation"), log_path=results / "train_log.csv",
-                      provenance_path=results / "provenance" / f"pretrain_{run}.json", run_config=cfg)
+                      provenance_path=results / "provenance" / f"pretrain_{run}.json", run_config=cfg,
+                      live_dir=paths.live(PAPER) / run)
     if trainer.accelerator.is_main_process:
         print(f"{cfg.train.max_steps} steps of {cfg.train.tokens_per_step} tokens; checkpoints in "
               f"{shown(trainer.ckpt_dir)}")

@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from accelerate import Accelerator
@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 # Fields that do not change the trained weights (how a run is computed or logged, not what): editing them must not
 # discard resumable checkpoints.
 _NON_SEMANTIC = ("save_every_steps", "keep_checkpoints", "log_every_steps", "eval_every_steps", "eval_windows",
-                 "loss_chunk_tokens", "activation_checkpointing", "progress_every_steps")
+                 "loss_chunk_tokens", "activation_checkpointing", "progress_every_steps", "trackers")
 
 
 class ForeignCheckpointError(ValueError):
@@ -66,11 +66,27 @@ class TrainResult:
     step: int = 0  # optimizer steps done when fit returned (rows only hold the logged ones)
 
 
-def make_accelerator(precision: str = "auto") -> Accelerator:
-    """bf16 autocast on CUDA, fp32 on CPU (``precision='auto'``); see :mod:`.device` (strict rule)."""
+def make_accelerator(precision: str = "auto", trackers: Sequence[str] = (),
+                     live_dir: str | Path | None = None) -> Accelerator:
+    """bf16 autocast on CUDA, fp32 on CPU (``precision='auto'``); see :mod:`.device` (strict rule). ``trackers``:
+    accelerate tracker names (``TrainConfig.trackers``), writing under ``live_dir`` where they write files."""
     dev = default_device()
     mixed = "bf16" if autocast_dtype(precision, dev, strict=True) is not None else "no"
-    return Accelerator(cpu=dev.type != "cuda", mixed_precision=mixed)
+    if trackers:
+        missing = [t for t in trackers if not _tracker_available(t)]
+        if missing:
+            raise ValueError(f"train.trackers {missing}: not installed here (pip install {' '.join(missing)}); "
+                             "remove them from train.trackers or install them")
+        if live_dir is None:
+            raise ValueError(f"train.trackers {list(trackers)} need the run's live folder (Trainer(live_dir=...))")
+    return Accelerator(cpu=dev.type != "cuda", mixed_precision=mixed, log_with=list(trackers) or None,
+                       project_dir=None if live_dir is None else str(live_dir))
+
+
+def _tracker_available(name: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None
 
 
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
@@ -98,15 +114,20 @@ class Trainer:
     out_dir:  final weights (``final/``) and token-budget snapshots (``budget-<tokens>/``).
     ckpt_dir: resumable checkpoints, keyed by a fingerprint of (spec, training config, data) so a
               changed configuration never resumes from incompatible state (old ones are kept).
+    live_dir: where ``cfg.trackers`` receive every logged row while the run trains (DVCLive: ``metrics.json``
+              with the latest row, which ``dvc exp show`` reads, and ``plots/metrics/*.tsv``). Rewritten from the
+              restored rows on resume, so it holds exactly the steps of the run's CSV. Needed when
+              ``cfg.trackers`` is not empty; an ``accelerator`` passed in brings its own trackers.
     """
 
     def __init__(self, spec: LMSpec, cfg: TrainConfig, train_dir: str | Path, out_dir: str | Path,
                  ckpt_dir: str | Path, val_dir: str | Path | None = None, log_path: str | Path | None = None,
                  provenance_path: str | Path | None = None, run_config: Any = None,
                  accelerator: Accelerator | None = None, progress: bool = True, sampler=None,
-                 mirror: CheckpointMirror | None | str = "env"):
+                 mirror: CheckpointMirror | None | str = "env", live_dir: str | Path | None = None):
         self.spec, self.cfg = spec, cfg
-        self.accelerator = accelerator or make_accelerator(cfg.precision)
+        self.live_dir = Path(live_dir) if live_dir is not None else None
+        self.accelerator = accelerator or make_accelerator(cfg.precision, cfg.trackers, self.live_dir)
         self.train_tokens = ShardedTokens(train_dir)
         self.val_tokens = ShardedTokens(val_dir) if val_dir is not None else None
         if self.train_tokens.vocab_size > spec.vocab_size:
@@ -217,7 +238,7 @@ class Trainer:
                 lock.release()
 
     def _fit(self, until_step: int | None, watch: Watch) -> TrainResult:
-        acc, cfg = self.accelerator, self.cfg
+        acc = self.accelerator
         model, optimizer, scheduler, state = self._resume()
         start = state["step"] if state else 0
         rows: list[dict[str, Any]] = state["rows"] if state else []
@@ -225,6 +246,15 @@ class Trainer:
         self._earlier_backends = state.get("op_backends", {}) if state else {}
         reset_backends_used()
         model, optimizer = acc.prepare(model, optimizer)  # the scheduler is stepped by us, once per step
+        self._start_trackers(acc.unwrap_model(model), rows)
+        try:
+            return self._loop(model, optimizer, scheduler, start, rows, until_step, watch)
+        finally:
+            self._finish_trackers()
+
+    def _loop(self, model, optimizer, scheduler, start: int, rows: list[dict[str, Any]], until_step: int | None,
+              watch: Watch) -> TrainResult:
+        acc, cfg = self.accelerator, self.cfg
         total = cfg.max_steps
         stop = total if until_step is None else min(total, until_step)
         world, rank = acc.num_processes, acc.process_index
@@ -272,6 +302,7 @@ class Trainer:
             if done % cfg.log_every_steps == 0 or done == total or "val_loss" in row:
                 row["elapsed_s"] = round(time.perf_counter() - t0, 3)
                 rows.append(row)
+                self._track(row)
             bar.update(1)
             bar.set_postfix(loss=f"{loss_value:.3f}")
             if acc.is_main_process and (done % every == 0 or done == stop):
@@ -310,6 +341,34 @@ class Trainer:
                  loss, f"{rate:,.0f}", _clock(elapsed), _clock(eta))
         if self.log_path and rows:
             write_rows(self.log_path, rows)
+
+    def _start_trackers(self, model: DecoderLM, rows: list[dict[str, Any]]) -> None:
+        """Open the accelerator's trackers afresh for this run (its name, the run's settings) and replay the rows
+        restored from a checkpoint: a resumed run's live curve has each step once, exactly as its CSV."""
+        acc = self.accelerator
+        if not acc.log_with:
+            return
+        config = {"fingerprint": self.fingerprint, "parameters": model.num_parameters(),
+                  **{k: v if isinstance(v, (int, float, str, bool)) else str(v)
+                     for k, v in dataclasses.asdict(self.cfg).items() if k not in _NON_SEMANTIC}}
+        # save_dvc_exp / dvcyaml off: the run never creates DVC experiments or edits a dvc.yaml itself (the
+        # project declares live/ as metrics once); resume off: DVCLive starts from an empty folder.
+        dvclive = {"dir": str(self.live_dir), "save_dvc_exp": False, "dvcyaml": None, "resume": False}
+        acc.init_trackers(self.run_dir.name, config=config, init_kwargs={"dvclive": dvclive})
+        for row in rows:
+            self._track(row)
+
+    def _finish_trackers(self) -> None:
+        """Close this run's trackers, also when it was interrupted (not ``end_training``: that also ends the
+        process group, which the caller's next run may still need)."""
+        for tracker in self.accelerator.trackers:
+            tracker.finish()
+        self.accelerator.trackers.clear()
+
+    def _track(self, row: dict[str, Any]) -> None:
+        """Send one logged row to the trackers (on the main process; a no-op without trackers)."""
+        if self.accelerator.log_with:
+            self.accelerator.log({k: v for k, v in row.items() if k != "step"}, step=row["step"])
 
     def _weights(self, step: int) -> torch.Tensor | None:
         """[batch_size, seq_len] loss weights of the global batch ``step``, or None (plain token mean)."""

@@ -37,7 +37,8 @@ def run_dirs(paths: Paths, arch: str, size: str, seed: int) -> dict[str, Path]:
     return {"out": models(paths, arch) / name,
             "ckpt": paths.paper_checkpoints(PAPER) / arch / name,
             "log": results(paths) / "train" / arch / f"{name}.csv",
-            "provenance": results(paths) / "train" / arch / f"{name}.provenance.json"}
+            "provenance": results(paths) / "train" / arch / f"{name}.provenance.json",
+            "live": paths.live(PAPER) / arch / name}
 
 
 def key_tokens(paths: Paths) -> Path:

@@ -176,7 +176,7 @@ def run_pilot(cfg: Config, paths: Paths, run: PilotRun, root: Path, eval_samples
     folder = root / run.name
     # mirror=None: the sampler is set below, after the fingerprint; pilots share no remote folder by fingerprint
     trainer = Trainer(_spec(cfg, run), tcfg, paths.tokens("train"), folder / "out", folder / "ckpt", progress=False,
-                      mirror=None)
+                      mirror=None, live_dir=paths.live("hybrid_attention") / "pilot" / run.name)
     # A pilot folder of its own: no fingerprint clash.
     trainer.sampler = MixedSampler(trainer.sampler, retrieval_mix(cfg, run), tok)
     t0 = time.time()

@@ -99,7 +99,7 @@ def train_run(cfg: Config, paths: Paths, arch: str, job: tuple[str, int]) -> dic
     dirs = artifacts.run_dirs(paths, arch, size, seed)
     trainer = Trainer(spec, train_config(cfg, size, seed), paths.tokens("train"), dirs["out"], dirs["ckpt"],
                       val_dir=paths.tokens("validation"), log_path=dirs["log"], provenance_path=dirs["provenance"],
-                      run_config=cfg, progress=False, sampler=sampler(cfg, paths, seed))
+                      run_config=cfg, progress=False, sampler=sampler(cfg, paths, seed), live_dir=dirs["live"])
     result = trainer.fit()
     return {"size": size, "seed": seed, "layers": " ".join(layer.name for layer in spec.layers),
             "parameters": DecoderLM(spec).num_parameters(), "steps": result.step,

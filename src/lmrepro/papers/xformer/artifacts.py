@@ -41,7 +41,8 @@ def run_dirs(paths: Paths, variant: str, run: str) -> dict[str, Path]:
     return {"out": models(paths, variant) / run,
             "ckpt": checkpoints(paths, variant) / run,
             "log": train_dir(paths, variant) / f"{run}.csv",
-            "provenance": train_dir(paths, variant) / f"{run}.provenance.json"}
+            "provenance": train_dir(paths, variant) / f"{run}.provenance.json",
+            "live": paths.live(PAPER) / variant / run}
 
 
 def final_model(paths: Paths, variant: str, run: str) -> Path:

@@ -98,7 +98,7 @@ def train_run(cfg: Config, paths: Paths, run: Run) -> dict:
     dirs = artifacts.run_dirs(paths, run.variant, run.name)
     trainer = Trainer(spec, train_config(cfg, run.size, run.seed, run.token_fraction), paths.tokens("train"),
                       dirs["out"], dirs["ckpt"], log_path=dirs["log"], provenance_path=dirs["provenance"],
-                      run_config=cfg, progress=False)
+                      run_config=cfg, progress=False, live_dir=dirs["live"])
     result = trainer.fit()
     acc = accounting(spec, xf.seq_len, result.step * xf.batch_size * xf.seq_len)
     return {"run": run.name, "widths": " ".join(map(str, block_widths(spec))), "parameters": acc["parameters"],
