@@ -12,7 +12,8 @@
    (foundation, ><former X 200M–2B, hybrid ``full`` S1–S5; smallest first while ``TRAIN_BUDGET_S`` lasts) through
    the Trainer under accelerate with the configured micro-batch and loss chunking, two steps with a checkpoint
    and a resume: peak GPU memory per size (on every GPU: 2 processes through ``lmrepro.launch`` when 2 GPUs
-   exist), and that the resume continued at step 1. An out-of-memory size is reported, not fatal.
+   exist), and that the resume continued at step 1. An out-of-memory size is reported, not fatal. Then that the
+   launch's job pickler brings a model on the GPU back on the CPU, tied weights tied (``launch_pickle``).
 Prints one JSON object; exit status 1 when a parity check fails, an architecture fails to train or a trainer
 probe fails otherwise than by running out of memory, 2 without CUDA. ``--interpret`` runs on CPU: part 1 with
 fla's kernels in Triton's interpreter (fp32, small shapes, see ``gpu_check_ops.py``), parts 2 and 3 at the smoke
@@ -122,6 +123,32 @@ def trainer_probes(profile: str, quick: bool, budget_s: float) -> list[dict]:
     return out
 
 
+def launch_pickle_check(device: str) -> dict:
+    """A tied-embedding model on ``device`` through the launch's job pickler (lmrepro.launch.HostPickler): every
+    tensor comes back on the CPU, parameters stay parameters, the tie survives, the values are equal."""
+    import io
+    import pickle
+
+    import torch
+
+    from lmrepro.launch import HostPickler
+    from lmrepro.models import DecoderLM, LMSpec
+
+    spec = LMSpec(vocab_size=512, hidden_size=64, num_layers=2, num_heads=2, num_kv_heads=2, intermediate_size=128,
+                  max_seq_len=64, tie_embeddings=True)
+    model = DecoderLM(spec).to(device)
+    buf = io.BytesIO()
+    HostPickler(buf).dump(model)
+    back = pickle.loads(buf.getvalue())
+    params = dict(back.named_parameters(remove_duplicate=False))
+    ok = {"all_on_cpu": all(t.device.type == "cpu" for t in back.state_dict().values()),
+          "parameters_stay_parameters": all(isinstance(p, torch.nn.Parameter) for p in params.values()),
+          "tie_kept": back.lm_head.weight is back.embed_tokens.weight,
+          "values_equal": all(torch.equal(a.cpu(), b) for a, b in zip(model.state_dict().values(),
+                                                                      back.state_dict().values()))}
+    return {"device": device, **ok, "ok": all(ok.values())}
+
+
 def run_ops_check(flags: list[str], timeout_s: float) -> tuple[dict, int]:
     """Run gpu_check_ops.py → (its JSON report, exit status). Past ``timeout_s`` the child is stopped and the
     sections it finished (it rewrites its --json-out file after each) are returned with exit status 1."""
@@ -172,11 +199,12 @@ def main() -> int:
             except Exception as err:  # report and continue: one failing kernel must not hide the others
                 report["throughput"].append({"arch": arch, "size": size, "error": repr(err)[:500]})
     report["trainer"] = trainer_probes("smoke" if args.interpret else "paper", args.quick, TRAIN_BUDGET_S)
+    report["launch_pickle"] = launch_pickle_check(device)
     text = json.dumps(report, indent=2)
     print(text)
     if args.json_out:
         Path(args.json_out).write_text(text)
-    failed = any("error" in t for t in report["throughput"] + report["trainer"])
+    failed = any("error" in t for t in report["throughput"] + report["trainer"]) or not report["launch_pickle"]["ok"]
     return 1 if report["ops_exit"] == 1 or failed else 0
 
 

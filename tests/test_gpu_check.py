@@ -78,6 +78,8 @@ def test_gpu_check_interpret_runs_ops_and_throughput_plumbing():
     for t in probes:
         assert (t["resumed_from_step"], t["steps"], t["completed"], t["processes"]) == (1, 2, True, 1), t
         assert "peak_memory_gib" not in t  # no GPU, no GPU memory
+    assert report["launch_pickle"] == {"device": "cpu", "all_on_cpu": True, "parameters_stay_parameters": True,
+                                       "tie_kept": True, "values_equal": True, "ok": True}
 
 
 def test_gpu_check_without_cuda_says_so():

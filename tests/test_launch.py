@@ -299,7 +299,8 @@ def test_the_gpu_checks_trainer_probe_resumes_on_two_processes():
 
 def test_launch_problems_name_an_indivisible_batch_and_a_missing_rank():
     """lmrepro.launch.problems (the params-check's launch step) on the paper profile: 8 processes on 4 machines
-    split the foundation batch of 128 = 8 × 16 too finely; 2 SkyPilot nodes without a rank cannot start."""
+    split the foundation batch of 128 = 8 × 16 and LoRA-α's 64 = 4 × 16 too finely, as 8 processes do LoRA-α's
+    64 with micro-batches of 16; 2 SkyPilot nodes without a rank cannot start."""
     import dataclasses
 
     from lmrepro.launch import problems
@@ -309,6 +310,75 @@ def test_launch_problems_name_an_indivisible_batch_and_a_missing_rank():
     wide = dataclasses.replace(paper, launch=LaunchConfig(processes=8, machines=4))
     found = problems(wide, {"LMREPRO_MACHINE_RANK": "0", "LMREPRO_MAIN_ADDRESS": "head"})
     assert found == ["foundation baseline: batch_size 128 is not a multiple of micro_batch_size 8 × 32 processes "
+                     "(launch.processes, launch.machines): use fewer processes or change the batch",
+                     "lora_alpha: train.batch_size 64 is not a multiple of micro_batch_size 4 × 32 processes "
                      "(launch.processes, launch.machines): use fewer processes or change the batch"]
+    lora = dataclasses.replace(paper.lora_alpha, train=dataclasses.replace(paper.lora_alpha.train, micro_batch_size=16))
+    odd = dataclasses.replace(paper, launch=LaunchConfig(processes=8), papers={**paper.papers, "lora_alpha": lora})
+    assert problems(odd, {}) == ["lora_alpha: train.batch_size 64 is not a multiple of micro_batch_size 16 × 8 "
+                                 "processes (launch.processes, launch.machines): use fewer processes or change the "
+                                 "batch"]
     (missing,) = problems(dataclasses.replace(paper, launch=LaunchConfig(processes=8)), {"SKYPILOT_NUM_NODES": "2"})
     assert missing.startswith("launch: 2 machines, but this machine's rank is not set")
+
+
+def lora_setup(micro_batch_size: int = 1):
+    """The smoke profile's LoRA-α section on a tiny DecoderLM base: 6 steps of 4 rows (micro-batches of
+    ``micro_batch_size``); every third training row has no supervised token."""
+    import dataclasses
+
+    from conftest import VOCAB_SIZE, tiny_spec
+
+    from lmrepro.models import DecoderLM
+    from lmrepro.papers.lora_alpha.runs import TaskData
+
+    cfg = load_config(REPO / "params.yaml", profile="smoke")
+    la = cfg.lora_alpha
+    train = dataclasses.replace(la.train, steps={"domain": 6, "reasoning": 6}, micro_batch_size=micro_batch_size)
+    cfg = dataclasses.replace(cfg, papers={**cfg.papers, "lora_alpha": dataclasses.replace(la, train=train)})
+    g = torch.Generator().manual_seed(0)
+
+    def split(n: int) -> dict[str, torch.Tensor]:
+        ids = torch.randint(1, VOCAB_SIZE, (n, 24), generator=g)
+        labels = ids.clone()
+        labels[:, :8] = -100  # the prompt
+        labels[::3] = -100  # rows without a supervised token
+        return {"input_ids": ids, "labels": labels}
+
+    torch.manual_seed(0)
+    base = DecoderLM(tiny_spec()).train()
+    return cfg, base, TaskData("domain", split(18), split(8), split(8), [])
+
+
+def test_lora_and_full_finetuning_on_two_processes_match_one(capfd):
+    """The fine-tuning entry (LoRA-α's method trials; LoRA and full fine-tuning): 2 gloo processes, each with its
+    half of every batch, reach the 1-process curve, validation losses and weights."""
+    from lmrepro.lora.alpha import alpha_for
+    from lmrepro.lora.finetune import dataset_batches
+    from lmrepro.papers.lora_alpha.evaluate import method_trial
+    from lmrepro.papers.lora_alpha.runs import RunSpec
+
+    cfg, base, data = lora_setup()
+    # The case DDP must not hang on: a process whose last micro-batch has no supervised token still all-reduces.
+    batches = dataset_batches(data.train, 4, cfg.lora_alpha.seed)
+    assert any((batches(s)["labels"][i, 1:] == -100).all() for s in range(6) for i in (1, 3))
+    jobs = [("lora_2r", 4, "lr", 3e-3, RunSpec(3e-3, alpha_for("2r", 4)), 3, True),
+            ("full", 0, "lr", 1e-3, RunSpec(1e-3, None), 3, True)]
+    found = []
+    for job in jobs:
+        row1, curve1, w1 = call(method_trial, (cfg, base, data), job, ONE)
+        row2, curve2, w2 = call(method_trial, (cfg, base, data), job, TWO)
+        assert "fine-tuning 6 steps on 2 processes" in capfd.readouterr().out  # the child really split the batch
+        assert [c["step"] for c in curve1] == [c["step"] for c in curve2] == list(range(1, 7))
+        for a, b in zip(curve1, curve2):
+            assert b["loss"] == pytest.approx(a["loss"], rel=LOSS_RTOL), (job[0], a["step"])
+        for key in ("select_loss", "report_loss", "train_loss_end"):
+            assert row2[key] == pytest.approx(row1[key], rel=LOSS_RTOL), (job[0], key)
+        assert w1.keys() == w2.keys() and len(w1) > 0
+        diff = (torch.cat([(w1[k] - w2[k]).flatten() for k in w1]).norm()
+                / torch.cat([w1[k].flatten() for k in w1]).norm())
+        worst = max(abs(b["loss"] / a["loss"] - 1) for a, b in zip(curve1, curve2))
+        found.append(f"{job[0]}: loss curve {worst:.1e}, weights {diff:.1e} (relative L2)")
+        assert diff <= WEIGHT_RTOL
+        assert curve1[-1]["loss"] != curve1[0]["loss"]  # it trained
+    print("1 vs 2 processes:", "; ".join(found))

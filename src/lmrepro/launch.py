@@ -12,7 +12,9 @@ first process saves a resumable checkpoint (torchrun's agent allows 900 s for it
 
 Processes run the runs of a stage one after another (each run uses every GPU). What a run computes does not
 depend on the count (same global batch, micro-batches split between processes, the loss normalized by the global
-token count); the numbers agree to float rounding of the gradient all-reduce (tests/test_launch.py).
+token count); the numbers agree to float rounding of the gradient all-reduce (tests/test_launch.py). The same holds
+for LoRA-α's fine-tuning runs (LoRA and full fine-tuning: :mod:`lmrepro.lora.finetune` under DDP), which keep no
+checkpoints: an interrupted fine-tuning run starts again.
 
 Several machines (``launch.machines`` above 1, or a scheduler's node count): every machine runs the same stages
 (the same ``dvc exp run``), and each run's processes on all machines join one group through the first machine's
@@ -110,8 +112,8 @@ def machines(launch, environ: Mapping[str, str] | None = None) -> Machines | Non
 def problems(cfg, environ: Mapping[str, str] | None = None) -> list[str]:
     """What would stop a training stage of ``cfg`` on this machine's launch, found before any stage runs (the
     params-check stage): the machines' environment (:func:`machines`), trackers (``train.trackers``) not installed
-    here, and every Trainer-based run whose ``batch_size`` is not a multiple of ``micro_batch_size`` × processes ×
-    machines. Empty when all is well."""
+    here, and every Trainer-based or fine-tuning run whose ``batch_size`` is not a multiple of ``micro_batch_size``
+    × processes × machines. Empty when all is well."""
     from .probe import entries, entry_model
 
     try:
@@ -127,6 +129,13 @@ def problems(cfg, environ: Mapping[str, str] | None = None) -> list[str]:
             found.append(f"{entry} {size}: batch_size {t.batch_size} is not a multiple of micro_batch_size "
                          f"{t.micro_batch_size} × {world} processes (launch.processes, launch.machines): use "
                          "fewer processes or change the batch")
+    la = cfg.papers.get("lora_alpha")
+    if la is not None:  # its fine-tuning runs split every batch the same way (lmrepro.lora.finetune)
+        micro = la.train.micro_batch_size or 1
+        if la.train.batch_size % (micro * world):
+            found.append(f"lora_alpha: train.batch_size {la.train.batch_size} is not a multiple of micro_batch_size "
+                         f"{micro} × {world} processes (launch.processes, launch.machines): use fewer processes or "
+                         "change the batch")
     missing = sorted(t for t in trackers if importlib.util.find_spec(t) is None)
     if missing:
         found.append(f"train.trackers: {missing} not installed on this machine (pip install {' '.join(missing)})")
@@ -138,6 +147,22 @@ def call(fn: Callable, shared: tuple, job: Any, launch, threads: int = 1) -> Any
     else through :func:`run` on that many processes (per machine) and machines."""
     n, group = processes(launch), machines(launch)
     return fn(*shared, job) if n == 1 and group is None else run(fn, shared, job, n, threads, group)
+
+
+class HostPickler(pickle.Pickler):
+    """Pickles tensors on an accelerator as CPU copies (a parameter stays a parameter; an object met twice, e.g. tied
+    weights, is still pickled once). Every process of a launch unpickles the job: a base model pickled from GPU 0
+    would otherwise land on GPU 0 in all of them before each run moves its own copy to its own device."""
+
+    def reducer_override(self, obj):
+        import torch
+
+        if not isinstance(obj, torch.Tensor) or obj.device.type == "cpu":
+            return NotImplemented
+        host = obj.detach().cpu()
+        if isinstance(obj, torch.nn.Parameter):
+            host = torch.nn.Parameter(host, requires_grad=obj.requires_grad)
+        return host.__reduce_ex__(pickle.DEFAULT_PROTOCOL)
 
 
 def _free_port() -> int:
@@ -154,7 +179,7 @@ def start(fn: Callable, shared: tuple, job: Any, n: int, folder: str | Path, thr
     folder = Path(folder)
     job_file, result, config = folder / "job.pkl", folder / "result.pkl", folder / "accelerate.yaml"
     with job_file.open("wb") as fh:
-        pickle.dump((fn, shared, job, threads), fh)
+        HostPickler(fh).dump((fn, shared, job, threads))
     # A config file of our own, so the user's default accelerate config (FSDP, gpu_ids, ...) cannot leak in.
     # MULTI_GPU: accelerate's torchrun path, which gives gloo processes on a machine without CUDA (its CPU path is
     # MPI's and starts one process); accelerate refuses it for a single process.

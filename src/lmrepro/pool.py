@@ -60,8 +60,9 @@ def run_jobs(fn: Callable, jobs: Sequence[Any], shared: tuple = (), *, threads: 
     a base model, data), sent once to each worker. threads: torch threads of every run — also in the serial
     case, so results are the same for any worker count. workers: None → :func:`worker_count`.
     on_result(index, result): called here as each job finishes (progress logs), in completion order.
-    launch: the profile's ``LaunchConfig`` for functions that train through the Trainer; when it means more
-    than one process or machine, every job runs on them, one job after another (:mod:`lmrepro.launch`).
+    launch: the profile's ``LaunchConfig`` for functions that train through the Trainer or the fine-tuning loop
+    (:func:`lmrepro.lora.finetune.launched_accelerator`); when it means more than one process or machine, every
+    job runs on them, one job after another (:mod:`lmrepro.launch`).
     A failing job stops the pool and re-raises its exception, naming the job.
     """
     import torch

@@ -19,13 +19,21 @@ parameters not yet updated: the place to snapshot LoRA factors);
 ``after_step() -> dict | None`` — after the update; the returned metrics are merged into the step's
 row, nested dicts flattened with "/" (``{"layers.0.q_proj": {"ratio": r}}`` → ``"layers.0.q_proj/ratio"``).
 A callback that needs the model or the step keeps its own reference / counter.
+
+Several processes (``accelerator`` of an ``accelerate launch``, :func:`launched_accelerator`): every process draws
+the same global batch (a pure function of the step) and takes its own rows, process k of n rows k·B/n … (k+1)·B/n;
+DDP sums the gradients of the trainable parameters so every process holds the whole batch's token-mean gradient,
+and every process takes the same step. The curve and weights equal the one-process run's to float rounding of
+the all-reduce (tests/test_launch.py). Callbacks and ``eval_fn`` run on every process, on identical weights.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import math
+import os
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -36,6 +44,8 @@ import torch.nn.functional as F
 
 from ..data.reasoning import IGNORE_INDEX, Example, exact_match
 from ..train.schedule import lr_multiplier
+
+log = logging.getLogger(__name__)
 
 Batch = Mapping[str, torch.Tensor]
 SCHEDULES = ("cosine", "wsd", "constant")
@@ -179,13 +189,63 @@ def _forward_backward(model, batch: dict[str, torch.Tensor], micro_batch_size: i
     return loss_sum / total, total
 
 
+def _ddp_forward_backward(net, batch: dict[str, torch.Tensor], micro_batch_size: int | None,
+                          autocast_dtype: torch.dtype | None, acc) -> tuple[float, int]:
+    """:func:`_forward_backward` on this process's rows of the global ``batch`` (DDP-wrapped ``net``): the
+    gradient all processes hold afterwards is that of the whole batch's token mean; (its loss, its tokens)."""
+    total = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+    if total == 0:
+        raise ValueError("batch has no supervised token (every labels[:, 1:] is -100)")
+    world, rank = acc.num_processes, acc.process_index
+    size = batch["input_ids"].shape[0]
+    per = size // world
+    step = micro_batch_size or per
+    if size % world or per % step:
+        raise ValueError(f"batch of {size} rows: it must split into {world} processes × micro-batches of {step} "
+                         "(train.batch_size a multiple of micro_batch_size × processes)")
+    starts = range(rank * per, (rank + 1) * per, step)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=acc.device)
+    for i, start in enumerate(starts):
+        micro = _trim({k: v[start:start + step] for k, v in batch.items()})
+        count = int((micro["labels"][:, 1:] != IGNORE_INDEX).sum())
+        last = i == len(starts) - 1
+        if count == 0 and not last:
+            continue  # contributes nothing to the token mean
+        ctx = (torch.autocast(micro["input_ids"].device.type, dtype=autocast_dtype) if autocast_dtype
+               else contextlib.nullcontext())
+        # Only the last micro-batch's backward all-reduces; it must run on every process, so a last micro-batch
+        # without supervised tokens still goes through the model, with a zero loss.
+        with (contextlib.nullcontext() if last else acc.no_sync(net)):
+            with ctx:
+                if count:
+                    loss, count = sft_loss(net, micro)
+                    scaled = loss * (count * world / total)  # × world: DDP averages, the token mean sums
+                else:
+                    loss, scaled = None, model_logits(net, micro["input_ids"]).sum() * 0.0
+            scaled.backward()
+        if loss is not None:
+            loss_sum += loss.detach().double() * count
+    return acc.reduce(loss_sum, reduction="sum").item() / total, total
+
+
+def launched_accelerator():
+    """An accelerator joining this launch's process group when this process is one of several (``accelerate
+    launch`` sets ``WORLD_SIZE``; :mod:`lmrepro.launch`), else None: one process runs the plain loop."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    from accelerate import Accelerator
+
+    return Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="no")  # autocast is the loop's own
+
+
 def finetune(model: torch.nn.Module, make_optimizer: Callable[[torch.nn.Module], torch.optim.Optimizer],
              train_batches: Callable[[int], Batch] | Batch, steps: int, *, batch_size: int | None = None,
              lr_schedule: Callable[[int], float] | None = None,
              eval_fn: Callable[[torch.nn.Module], dict] | None = None, eval_every: int | None = None,
              callbacks: Sequence[Any] = (), grad_clip: float | None = 1.0, seed: int = 0,
              log_every: int = 1, micro_batch_size: int | None = None,
-             autocast_dtype: torch.dtype | None = None, stop_on_nonfinite: bool = True) -> FinetuneResult:
+             autocast_dtype: torch.dtype | None = None, stop_on_nonfinite: bool = True,
+             accelerator=None) -> FinetuneResult:
     """Fine-tune ``model`` in place for ``steps`` optimizer steps.
 
     train_batches: step → {"input_ids" [B, T], "labels" [B, T], optional "lengths" [B]}, or a dataset
@@ -202,6 +262,8 @@ def finetune(model: torch.nn.Module, make_optimizer: Callable[[torch.nn.Module],
     metrics of steps that are not logged are dropped. A non-finite loss stops the run before its
     update (``diverged``) unless ``stop_on_nonfinite`` is False.
     Deterministic given ``seed`` (the global torch RNG is seeded first: adapter dropout, sampling).
+    accelerator: with several processes, each trains its rows of every batch under DDP (module docstring); the
+    model moves to the accelerator's device. None or one process: the plain loop.
     """
     _check_int("steps", steps, 1)
     _check_int("log_every", log_every, 1)
@@ -221,13 +283,21 @@ def finetune(model: torch.nn.Module, make_optimizer: Callable[[torch.nn.Module],
     if not params:
         raise ValueError("make_optimizer returned an optimizer without trainable parameters")
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule or (lambda _: 1.0))
+    ddp = accelerator is not None and accelerator.num_processes > 1
+    # DDP reduces the trainable parameters' gradients only; the optimizer keeps the same parameter objects.
+    net = accelerator.prepare_model(model) if ddp else model
+    if ddp:
+        log.info("fine-tuning %d steps on %d processes (%s)", steps, accelerator.num_processes, accelerator.device)
     device = _device(model)
     result = FinetuneResult([], None)
     t0 = time.perf_counter()
     model.train()
     for step in range(steps):
         batch = {k: v.to(device) for k, v in _trim(train_batches(step)).items()}
-        loss, count = _forward_backward(model, batch, micro_batch_size, autocast_dtype)
+        if ddp:
+            loss, count = _ddp_forward_backward(net, batch, micro_batch_size, autocast_dtype, accelerator)
+        else:
+            loss, count = _forward_backward(model, batch, micro_batch_size, autocast_dtype)
         row: dict[str, Any] = {"step": step + 1, "loss": loss, "lr": scheduler.get_last_lr()[0], "tokens": count}
         if stop_on_nonfinite and not math.isfinite(loss):
             optimizer.zero_grad(set_to_none=True)

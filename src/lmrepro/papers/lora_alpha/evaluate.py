@@ -49,7 +49,7 @@ def full_ft_sweep(cfg: Config, base: torch.nn.Module, data: TaskData) -> tuple[l
     lrs, rows, curves = list(ft.lrs), [], []
     for _ in range(ft.max_extensions + 1):
         todo = [lr for lr in lrs if lr not in {row["lr"] for row in rows}]
-        for row, c in run_jobs(full_ft_point, todo, (cfg, base, data), threads=_threads(la)):
+        for row, c in run_jobs(full_ft_point, todo, (cfg, base, data), threads=_threads(la), launch=cfg.launch):
             _log(f"full fine-tuning {data.name} lr={row['lr']:g}: select {row['select_loss']:.4f}")
             rows.append(row)
             curves += c
@@ -133,7 +133,8 @@ def sweep(cfg: Config, base: torch.nn.Module, data: TaskData) -> tuple[list[dict
                  f"α×{row['alpha_multiplier']:g} lr×{row['lr_multiplier']:g} seed={row['seed']}: "
                  f"val {row['val_loss']:.4f}{' (diverged)' if row['diverged'] else ''}")
 
-        results = run_jobs(sweep_point, points, (cfg, base, data), threads=_threads(la), on_result=log)
+        results = run_jobs(sweep_point, points, (cfg, base, data), threads=_threads(la), on_result=log,
+                           launch=cfg.launch)
         rows.extend(row for row, _ in results)
         curves.extend(c for _, cs in results for c in cs)
 
@@ -503,7 +504,7 @@ def methods(cfg: Config, base: torch.nn.Module, data: TaskData, C: float, tokeni
         _log(f"[{clock():7.1f}s] {data.name} {row['method']} r={row['rank']} {row['knob']}={row['knob_value']:g}: "
              f"select {row['select_loss']:.4f} report {row['report_loss']:.4f}")
 
-    results = run_jobs(method_trial, jobs, (cfg, base, data), threads=_threads(la), on_result=log)
+    results = run_jobs(method_trial, jobs, (cfg, base, data), threads=_threads(la), on_result=log, launch=cfg.launch)
     runs = [row for row, _, _ in results]
     curves = [c for _, cs, _ in results for c in cs]
     best_models: dict[tuple[str, int], Any] = {}

@@ -30,7 +30,7 @@ from ...data.reasoning import IGNORE_INDEX, Example, make_reasoning_split
 from ...data.sft import encode_examples, interleaved_halves, lm_tensors, windows_from_texts
 from ...eval.loss import evaluate_sft_loss
 from ...lora import AlphaChoice, apply_lora, loraplus_optimizer
-from ...lora.finetune import FinetuneResult, finetune, make_lr_schedule
+from ...lora.finetune import FinetuneResult, finetune, launched_accelerator, make_lr_schedule
 from ...missing import missing_input
 from ...paths import Paths
 from ...train.device import autocast_dtype, default_device
@@ -244,7 +244,8 @@ def train_run(cfg: Config, base: torch.nn.Module, data: TaskData, spec: RunSpec,
     result = finetune(model, make_optimizer(spec, tr.weight_decay), data.train, steps, batch_size=tr.batch_size,
                       lr_schedule=make_lr_schedule(steps, tr.schedule, tr.warmup_fraction, tr.min_lr_ratio),
                       eval_fn=eval_fn, eval_every=eval_every, callbacks=callbacks, grad_clip=tr.grad_clip, seed=seed,
-                      log_every=log_every, micro_batch_size=tr.micro_batch_size, autocast_dtype=amp)
+                      log_every=log_every, micro_batch_size=tr.micro_batch_size, autocast_dtype=amp,
+                      accelerator=launched_accelerator())
     return model, result
 
 
