@@ -149,3 +149,32 @@ def make_bucket(endpoint: str, name: str) -> None:
 
     boto3.client("s3", endpoint_url=endpoint, **{k.lower(): v for k, v in S3_CREDENTIALS.items()
                                                   if k != "AWS_DEFAULT_REGION"}).create_bucket(Bucket=name)
+
+
+def tiny_lora_setup(cfg, save_every_steps: int | None = None):
+    """(cfg, base, data): ``cfg``'s LoRA-α section (the smoke profile's) for 6 steps of 4 rows in micro-batches of
+    one row (checkpoints every ``save_every_steps``), a tiny DecoderLM base and a "domain" task whose every third
+    training row has no supervised token."""
+    import dataclasses
+
+    import torch
+
+    from lmrepro.models import DecoderLM
+    from lmrepro.papers.lora_alpha.runs import TaskData
+
+    la = cfg.lora_alpha
+    train = dataclasses.replace(la.train, steps={"domain": 6, "reasoning": 6}, micro_batch_size=1,
+                                save_every_steps=save_every_steps)
+    cfg = dataclasses.replace(cfg, papers={**cfg.papers, "lora_alpha": dataclasses.replace(la, train=train)})
+    g = torch.Generator().manual_seed(0)
+
+    def split(n: int) -> dict[str, torch.Tensor]:
+        ids = torch.randint(1, VOCAB_SIZE, (n, 24), generator=g)
+        labels = ids.clone()
+        labels[:, :8] = -100  # the prompt
+        labels[::3] = -100  # rows without a supervised token
+        return {"input_ids": ids, "labels": labels}
+
+    torch.manual_seed(0)
+    base = DecoderLM(tiny_spec()).train()
+    return cfg, base, TaskData("domain", split(18), split(8), split(8), [])

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tool_env
+from conftest import tiny_lora_setup, tool_env
 from test_train_distributed import shrink_params
 
 from lmrepro import yaml12
@@ -322,34 +322,6 @@ def test_launch_problems_name_an_indivisible_batch_and_a_missing_rank():
     assert missing.startswith("launch: 2 machines, but this machine's rank is not set")
 
 
-def lora_setup(micro_batch_size: int = 1):
-    """The smoke profile's LoRA-α section on a tiny DecoderLM base: 6 steps of 4 rows (micro-batches of
-    ``micro_batch_size``); every third training row has no supervised token."""
-    import dataclasses
-
-    from conftest import VOCAB_SIZE, tiny_spec
-
-    from lmrepro.models import DecoderLM
-    from lmrepro.papers.lora_alpha.runs import TaskData
-
-    cfg = load_config(REPO / "params.yaml", profile="smoke")
-    la = cfg.lora_alpha
-    train = dataclasses.replace(la.train, steps={"domain": 6, "reasoning": 6}, micro_batch_size=micro_batch_size)
-    cfg = dataclasses.replace(cfg, papers={**cfg.papers, "lora_alpha": dataclasses.replace(la, train=train)})
-    g = torch.Generator().manual_seed(0)
-
-    def split(n: int) -> dict[str, torch.Tensor]:
-        ids = torch.randint(1, VOCAB_SIZE, (n, 24), generator=g)
-        labels = ids.clone()
-        labels[:, :8] = -100  # the prompt
-        labels[::3] = -100  # rows without a supervised token
-        return {"input_ids": ids, "labels": labels}
-
-    torch.manual_seed(0)
-    base = DecoderLM(tiny_spec()).train()
-    return cfg, base, TaskData("domain", split(18), split(8), split(8), [])
-
-
 def test_lora_and_full_finetuning_on_two_processes_match_one(capfd):
     """The fine-tuning entry (LoRA-α's method trials; LoRA and full fine-tuning): 2 gloo processes, each with its
     half of every batch, reach the 1-process curve, validation losses and weights."""
@@ -358,7 +330,7 @@ def test_lora_and_full_finetuning_on_two_processes_match_one(capfd):
     from lmrepro.papers.lora_alpha.evaluate import method_trial
     from lmrepro.papers.lora_alpha.runs import RunSpec
 
-    cfg, base, data = lora_setup()
+    cfg, base, data = tiny_lora_setup(load_config(REPO / "params.yaml", profile="smoke"))
     # The case DDP must not hang on: a process whose last micro-batch has no supervised token still all-reduces.
     batches = dataset_batches(data.train, 4, cfg.lora_alpha.seed)
     assert any((batches(s)["labels"][i, 1:] == -100).all() for s in range(6) for i in (1, 3))
@@ -382,3 +354,39 @@ def test_lora_and_full_finetuning_on_two_processes_match_one(capfd):
         assert diff <= WEIGHT_RTOL
         assert curve1[-1]["loss"] != curve1[0]["loss"]  # it trained
     print("1 vs 2 processes:", "; ".join(found))
+
+
+def lora_run(cfg, base, data, job) -> tuple[int, int | None, list[dict], dict[str, torch.Tensor]]:
+    """A LoRA-α fine-tuning run (``runs.train_run``) stopped after ``until`` steps (None: to the end), for a launch:
+    (steps done, step it resumed from, logged rows, trainable weights)."""
+    from lmrepro.papers.lora_alpha.runs import train_run
+
+    spec, until = job
+    model, result = train_run(cfg, base, data, spec, eval_split="report", eval_every=3, until_step=until)
+    weights = {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad}
+    return result.steps_done, result.resumed_from, result.rows, weights
+
+
+@pytest.mark.parametrize("first, then", [(TWO, ONE), (ONE, TWO)], ids=["2-then-1", "1-then-2"])
+def test_a_fine_tuning_run_stopped_on_one_count_resumes_on_the_other(first, then, tmp_path, monkeypatch):
+    """LoRA-α's resumable runs (train.save_every_steps): stopped after 4 of 6 steps on one process count, resumed
+    on the other, they end where an uninterrupted run without checkpoints ends."""
+    from lmrepro.lora.alpha import alpha_for
+    from lmrepro.papers.lora_alpha.runs import RunSpec
+
+    monkeypatch.setenv("LMREPRO_CHECKPOINT_ROOT", str(tmp_path / "checkpoints"))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]))
+    smoke = load_config(REPO / "params.yaml", profile="smoke")
+    cfg, base, data = tiny_lora_setup(smoke, save_every_steps=2)
+    plain = tiny_lora_setup(smoke)[0]
+    spec = RunSpec(3e-3, alpha_for("2r", 4))
+    steps, _, rows, weights = lora_run(plain, base, data, (spec, None))
+    assert call(lora_run, (cfg, base, data), (spec, 4), first)[:2] == (4, None)
+    steps2, resumed, rows2, weights2 = call(lora_run, (cfg, base, data), (spec, None), then)
+    assert steps == steps2 == 6 and resumed == 4 and [r["step"] for r in rows] == [r["step"] for r in rows2]
+    for a, b in zip(rows, rows2):
+        for key in ("loss", "eval_loss"):
+            assert (key in a) == (key in b) and b.get(key, 0) == pytest.approx(a.get(key, 0), rel=LOSS_RTOL)
+    diff = (torch.cat([(weights[k] - weights2[k]).flatten() for k in weights]).norm()
+            / torch.cat([weights[k].flatten() for k in weights]).norm())
+    assert diff <= WEIGHT_RTOL

@@ -43,7 +43,10 @@ import torch
 import torch.nn.functional as F
 
 from ..data.reasoning import IGNORE_INDEX, Example, exact_match
+from ..train.agree import agree
+from ..train.guard import RunInterrupted, RunLock, RunLockedError, Watch, agreed_stop_reason
 from ..train.schedule import lr_multiplier
+from .checkpoints import FinetuneCheckpoints
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +64,7 @@ class FinetuneResult:
     steps_done: int = 0
     diverged: bool = False  # stopped at a non-finite loss (that row has loss = nan)
     elapsed_s: float = 0.0  # wall time, kept out of ``rows`` so same-seed runs give identical rows
+    resumed_from: int | None = None  # the checkpoint's step this run continued from (None: from the start)
 
 
 @dataclass(frozen=True)
@@ -245,7 +249,8 @@ def finetune(model: torch.nn.Module, make_optimizer: Callable[[torch.nn.Module],
              callbacks: Sequence[Any] = (), grad_clip: float | None = 1.0, seed: int = 0,
              log_every: int = 1, micro_batch_size: int | None = None,
              autocast_dtype: torch.dtype | None = None, stop_on_nonfinite: bool = True,
-             accelerator=None) -> FinetuneResult:
+             accelerator=None, checkpoints: FinetuneCheckpoints | None = None,
+             until_step: int | None = None) -> FinetuneResult:
     """Fine-tune ``model`` in place for ``steps`` optimizer steps.
 
     train_batches: step → {"input_ids" [B, T], "labels" [B, T], optional "lengths" [B]}, or a dataset
@@ -264,6 +269,10 @@ def finetune(model: torch.nn.Module, make_optimizer: Callable[[torch.nn.Module],
     Deterministic given ``seed`` (the global torch RNG is seeded first: adapter dropout, sampling).
     accelerator: with several processes, each trains its rows of every batch under DDP (module docstring); the
     model moves to the accelerator's device. None or one process: the plain loop.
+    checkpoints: resume from the run's newest checkpoint and save one every ``checkpoints.every`` steps, where the
+    run stops and at its end (:mod:`lmrepro.lora.checkpoints`); Ctrl-C / SIGTERM then save and raise
+    :class:`~lmrepro.train.guard.RunInterrupted`. Not with ``callbacks`` (their state is not saved).
+    until_step: stop after this step, as a preemption would (no final evaluation; ``steps_done`` says where).
     """
     _check_int("steps", steps, 1)
     _check_int("log_every", log_every, 1)
@@ -288,11 +297,53 @@ def finetune(model: torch.nn.Module, make_optimizer: Callable[[torch.nn.Module],
     net = accelerator.prepare_model(model) if ddp else model
     if ddp:
         log.info("fine-tuning %d steps on %d processes (%s)", steps, accelerator.num_processes, accelerator.device)
+    if checkpoints is not None and callbacks:
+        raise ValueError("checkpoints= cannot resume callbacks' own state: give one or the other")
+    with _guarded(checkpoints, accelerator) as watch:
+        start, rows = (checkpoints.resume(model, optimizer, scheduler, accelerator) if checkpoints is not None
+                       else (0, []))
+        result = _loop(model, net, optimizer, scheduler, params, train_batches, start, rows, steps,
+                       steps if until_step is None else min(steps, until_step), eval_fn, eval_every, callbacks,
+                       grad_clip, log_every, micro_batch_size, autocast_dtype, stop_on_nonfinite, accelerator,
+                       checkpoints, watch)
+    return result
+
+
+@contextlib.contextmanager
+def _guarded(checkpoints: FinetuneCheckpoints | None, acc):
+    """With checkpoints: the run's folder locked (one trainer per run) and Ctrl-C / SIGTERM turned into a checkpoint
+    at the next step boundary (:class:`lmrepro.train.guard.Watch`); yields the watch (None without checkpoints)."""
+    if checkpoints is None:
+        yield None
+        return
+    lock, problem = None, None
+    if acc is None or acc.is_local_main_process:
+        try:
+            lock = RunLock(checkpoints.folder).acquire()
+        except RunLockedError as err:
+            problem = err
+    try:
+        if acc is not None and acc.num_processes > 1:
+            agree(acc, problem, "run lock")
+        elif problem is not None:
+            raise problem
+        with Watch() as watch:
+            yield watch
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _loop(model, net, optimizer, scheduler, params, train_batches, start: int, rows: list, steps: int, stop: int,
+          eval_fn, eval_every, callbacks, grad_clip, log_every, micro_batch_size, autocast_dtype, stop_on_nonfinite,
+          accelerator, checkpoints: FinetuneCheckpoints | None, watch) -> FinetuneResult:
+    """Steps ``start`` … ``stop`` of :func:`finetune` (``rows``: those logged before ``start``)."""
+    ddp = net is not model
     device = _device(model)
-    result = FinetuneResult([], None)
+    result = FinetuneResult(rows, None, steps_done=start, resumed_from=start or None)
     t0 = time.perf_counter()
     model.train()
-    for step in range(steps):
+    for step in range(start, stop):
         batch = {k: v.to(device) for k, v in _trim(train_batches(step)).items()}
         if ddp:
             loss, count = _ddp_forward_backward(net, batch, micro_batch_size, autocast_dtype, accelerator)
@@ -320,6 +371,16 @@ def finetune(model: torch.nn.Module, make_optimizer: Callable[[torch.nn.Module],
             row.update(_evaluate(model, eval_fn))
         if evaluated or done % log_every == 0 or done == steps:
             result.rows.append(row)
+        if checkpoints is not None:
+            reason = agreed_stop_reason(watch, accelerator) if done < stop else None
+            if done % checkpoints.every == 0 or done == stop or reason:
+                checkpoints.save(model, optimizer, scheduler, done, result.rows, accelerator)
+            if reason:
+                raise RunInterrupted(f"fine-tuning stopped after step {done} of {steps}: {reason}; a resumable "
+                                     f"checkpoint is in {checkpoints.folder} (rerun to continue)")
+    if result.steps_done < steps and not result.diverged:  # stopped early (until_step): no final evaluation
+        result.elapsed_s = round(time.perf_counter() - t0, 3)
+        return result
     if eval_fn is not None and not result.diverged:
         result.final_eval = _evaluate(model, eval_fn)
         result.rows[-1].update(result.final_eval)

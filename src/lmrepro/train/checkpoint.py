@@ -4,7 +4,9 @@ Two kinds:
 - *model folders* (``model.safetensors`` + ``spec.json``): weights for evaluation and downstream stages;
 - *resumable checkpoints* (a model folder + ``optimizer.pt``, ``scheduler.json``, ``rng.pt``, ``state.json``):
   everything needed to continue a run exactly. Written to a temporary folder and renamed, so a crash
-  while saving never leaves a half-written checkpoint that looks complete.
+  while saving never leaves a half-written checkpoint that looks complete. A fine-tuning run's checkpoint holds
+  ``trainable.safetensors`` (its trainable parameters by name: the frozen base is the run's input) instead of a
+  model folder (:func:`save_trainable_checkpoint`).
 
 Both carry their own integrity: ``spec.json`` holds the SHA-256 of the weights and of the spec, and a
 checkpoint's ``state.json`` the SHA-256 of each of its other files; loading checks them, so zeroed bytes or a
@@ -29,6 +31,7 @@ from ..models import DecoderLM, LMSpec
 
 STEP_PREFIX = "step-"
 CHECKPOINT_FILES = ("optimizer.pt", "scheduler.json", "rng.pt")
+TRAINABLE = "trainable.safetensors"
 log = logging.getLogger(__name__)
 
 
@@ -109,17 +112,38 @@ def load_model(folder: str | Path, map_location: str = "cpu") -> DecoderLM:
 
 def save_checkpoint(folder: str | Path, model: DecoderLM, optimizer, scheduler, state: dict[str, Any]) -> Path:
     """Atomically write a resumable checkpoint into ``folder`` (e.g. ``.../step-000050``)."""
+    return _save_resumable(folder, lambda tmp: save_model(model, tmp), optimizer, scheduler, state, CHECKPOINT_FILES)
+
+
+def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """{name: parameter} of the parameters that require grad (a parameter shared by two names, once)."""
+    return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+
+def save_trainable_checkpoint(folder: str | Path, model: torch.nn.Module, optimizer, scheduler,
+                              state: dict[str, Any]) -> Path:
+    """Atomically write a fine-tuning run's resumable checkpoint: ``model``'s trainable parameters (any module:
+    a PEFT wrapper, an HF model), optimizer, scheduler, RNG and ``state``."""
+    def weights(tmp: Path) -> None:
+        tmp.mkdir(parents=True)
+        save_file({n: p.detach().contiguous().cpu() for n, p in trainable_state(model).items()}, str(tmp / TRAINABLE))
+
+    return _save_resumable(folder, weights, optimizer, scheduler, state, CHECKPOINT_FILES + (TRAINABLE,))
+
+
+def _save_resumable(folder: str | Path, write_weights, optimizer, scheduler, state: dict[str, Any],
+                    files: tuple[str, ...]) -> Path:
     folder = Path(folder)
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    save_model(model, tmp)
+    write_weights(tmp)
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     (tmp / "scheduler.json").write_text(json.dumps(scheduler.state_dict()))
     rng = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.stack(torch.cuda.get_rng_state_all())
     torch.save(rng, tmp / "rng.pt")
-    state = {**state, "sha256": {name: file_sha256(tmp / name) for name in CHECKPOINT_FILES}}
+    state = {**state, "sha256": {name: file_sha256(tmp / name) for name in files}}
     (tmp / "state.json").write_text(json.dumps(state, indent=1, sort_keys=True))
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(tmp, folder)
@@ -139,11 +163,38 @@ def load_checkpoint(folder: str | Path, model: DecoderLM, optimizer, scheduler) 
     """Restore model, optimizer, scheduler and RNG in place; return the trainer state dict. Every file is
     checked against its hash first, so a damaged checkpoint raises DamagedFileError before anything changes."""
     folder = Path(folder)
-    state = read_state(folder)
-    for name in CHECKPOINT_FILES:
-        _verify(folder / name, state.get("sha256", {}).get(name))
+    state = _verified_state(folder, CHECKPOINT_FILES)
     loaded = load_model(folder)
     model.load_state_dict(loaded.state_dict())
+    return _restore(folder, optimizer, scheduler, state)
+
+
+def load_trainable_checkpoint(folder: str | Path, model: torch.nn.Module, optimizer, scheduler) -> dict[str, Any]:
+    """Restore a :func:`save_trainable_checkpoint` into ``model`` (its trainable parameters, which must be exactly
+    the saved names and shapes), optimizer, scheduler and RNG; return the saved state."""
+    folder = Path(folder)
+    state = _verified_state(folder, CHECKPOINT_FILES + (TRAINABLE,))
+    saved = load_file(str(folder / TRAINABLE))
+    params = trainable_state(model)
+    shapes = {n: tuple(p.shape) for n, p in params.items()}
+    if {n: tuple(t.shape) for n, t in saved.items()} != shapes:
+        raise ValueError(f"{folder / TRAINABLE}: holds other trainable parameters than this run's "
+                         f"({sorted(set(saved) ^ set(shapes))[:5] or 'same names, other shapes'})")
+    with torch.no_grad():
+        for name, p in params.items():
+            p.copy_(saved[name])
+    return _restore(folder, optimizer, scheduler, state)
+
+
+def _verified_state(folder: Path, files: tuple[str, ...]) -> dict[str, Any]:
+    # Every file against its hash first: a damaged checkpoint raises DamagedFileError before anything changes.
+    state = read_state(folder)
+    for name in files:
+        _verify(folder / name, state.get("sha256", {}).get(name))
+    return state
+
+
+def _restore(folder: Path, optimizer, scheduler, state: dict[str, Any]) -> dict[str, Any]:
     optimizer.load_state_dict(torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True))
     scheduler.load_state_dict(json.loads((folder / "scheduler.json").read_text()))
     rng = torch.load(folder / "rng.pt", weights_only=True)

@@ -138,3 +138,15 @@ class Watch:
                 if gone:
                     return f"its launcher {name} (pid {proc.pid}) has exited"
         return None
+
+
+def agreed_stop_reason(watch: Watch, acc) -> str | None:
+    """``watch``'s reason to stop, agreed by every process of accelerator ``acc`` (None: one process), so that
+    each stops after the same step."""
+    reason = watch.stop_reason()
+    if acc is None or acc.num_processes == 1:
+        return reason
+    import torch
+
+    flag = torch.tensor(float(reason is not None), device=acc.device)
+    return (reason or "another process was stopped") if acc.reduce(flag, reduction="sum").item() > 0 else None

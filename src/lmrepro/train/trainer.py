@@ -40,7 +40,7 @@ from ..ops.dispatch import reset_backends_used
 from . import checkpoint as ckpt
 from .device import autocast_dtype, default_device
 from .agree import agree, common_steps, private_folder, same_start
-from .guard import RunInterrupted, RunLock, RunLockedError, Watch
+from .guard import RunInterrupted, RunLock, RunLockedError, Watch, agreed_stop_reason
 from .mirror import CheckpointMirror
 from .schedule import lr_multiplier
 
@@ -314,7 +314,7 @@ class Trainer:
             if saved:
                 self._save_checkpoint(model, optimizer, scheduler, done, rows)
                 self._mirror(done)
-            reason = self._stop_reason(watch) if done < stop else None
+            reason = agreed_stop_reason(watch, acc) if done < stop else None
             if reason:
                 if not saved:
                     self._save_checkpoint(model, optimizer, scheduler, done, rows)
@@ -374,16 +374,6 @@ class Trainer:
         """[batch_size, seq_len] loss weights of the global batch ``step``, or None (plain token mean)."""
         weights = getattr(self.sampler, "weights", None)
         return None if weights is None else weights(step, self.cfg.batch_size)
-
-    def _stop_reason(self, watch: Watch) -> str | None:
-        """The watch's reason to stop, agreed by every process (each stops at the same step)."""
-        reason = watch.stop_reason()
-        if self.accelerator.num_processes == 1:
-            return reason
-        flag = torch.tensor(float(reason is not None), device=self.accelerator.device)
-        if self.accelerator.reduce(flag, reduction="sum").item() > 0:
-            return reason or "another process was stopped"
-        return None
 
     def _clip(self, model) -> float:
         params = [p for p in model.parameters() if p.grad is not None]

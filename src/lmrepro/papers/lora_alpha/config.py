@@ -132,6 +132,9 @@ class LoraTrainConfig:
     eval_points: int | None = bounded(5, min=1, doc="learning-curve points of the method runs (validation loss "
                                       "every steps/eval_points steps; None: final only)")
     precision: str = bounded("auto", choices=("auto", "fp32", "bf16"), doc="auto: bf16 autocast on CUDA")
+    save_every_steps: int | None = bounded(None, min=1, doc="resumable checkpoint of each run (LoRA and full "
+                                           "fine-tuning) every this many steps, in data/checkpoints/lora_alpha/ "
+                                           "(None: none; a stopped run starts again)")
 
     def check(self, path: str) -> None:
         require(set(self.steps) == set(TASKS), f"{path}.steps", f"give the steps of each task {list(TASKS)}, "

@@ -16,23 +16,28 @@ and "report" (the numbers in the method table), so a method's reported loss is n
 from __future__ import annotations
 
 import copy
+import dataclasses
+import hashlib
 import json
 import math
+import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from ...config import Config
+from ...config import Config, fingerprint
 from ...data.reasoning import IGNORE_INDEX, Example, make_reasoning_split
 from ...data.sft import encode_examples, interleaved_halves, lm_tensors, windows_from_texts
 from ...eval.loss import evaluate_sft_loss
 from ...lora import AlphaChoice, apply_lora, loraplus_optimizer
+from ...lora.checkpoints import FinetuneCheckpoints
 from ...lora.finetune import FinetuneResult, finetune, launched_accelerator, make_lr_schedule
 from ...missing import missing_input
-from ...paths import Paths
+from ...paths import CHECKPOINT_ROOT_ENV, Paths, project_paths
 from ...train.device import autocast_dtype, default_device
 from . import artifacts
 from .config import LoraAlphaConfig
@@ -225,28 +230,62 @@ def make_optimizer(spec: RunSpec, weight_decay: float) -> Callable[[torch.nn.Mod
 
 def train_run(cfg: Config, base: torch.nn.Module, data: TaskData, spec: RunSpec, *, steps: int | None = None,
               seed: int | None = None, callbacks: Sequence[Any] = (), eval_split: str | None = None,
-              eval_every: int | None = None, log_every: int = 1,
-              model: torch.nn.Module | None = None) -> tuple[torch.nn.Module, FinetuneResult]:
+              eval_every: int | None = None, log_every: int = 1, model: torch.nn.Module | None = None,
+              until_step: int | None = None) -> tuple[torch.nn.Module, FinetuneResult]:
     """Fine-tune a fresh copy of ``base`` (or ``model``) on ``data.train`` with the profile's training settings.
 
     eval_split: "select"/"report" → its loss every ``eval_every`` steps (learning curves, key ``eval_loss``).
+    With ``train.save_every_steps`` (and no callbacks) the run is resumable (:func:`run_checkpoints`);
+    ``until_step`` stops it early, as a preemption would.
     """
     la = section(cfg)
     tr = la.train
     steps = steps or tr.steps[data.name]
     seed = la.seed if seed is None else seed
-    model = model if model is not None else make_model(base, spec, la.target_modules, seed)
+    handed_in = model is not None
+    model = model if handed_in else make_model(base, spec, la.target_modules, seed)
     amp = autocast_dtype(tr.precision)
     eval_fn = None
     if eval_split is not None:
         split = getattr(data, eval_split)
         eval_fn = lambda m: {"eval_loss": evaluate_sft_loss(m, split, autocast=amp)}  # noqa: E731
+    checkpoints = None
+    # Runs with callbacks (their state lives in memory) or a model handed in (not rebuilt from base) are not resumable.
+    if tr.save_every_steps is not None and not callbacks and not handed_in:
+        checkpoints = run_checkpoints(cfg, base, data, spec, seed=seed, steps=steps, eval_split=eval_split,
+                                      eval_every=eval_every, log_every=log_every)
     result = finetune(model, make_optimizer(spec, tr.weight_decay), data.train, steps, batch_size=tr.batch_size,
                       lr_schedule=make_lr_schedule(steps, tr.schedule, tr.warmup_fraction, tr.min_lr_ratio),
                       eval_fn=eval_fn, eval_every=eval_every, callbacks=callbacks, grad_clip=tr.grad_clip, seed=seed,
                       log_every=log_every, micro_batch_size=tr.micro_batch_size, autocast_dtype=amp,
-                      accelerator=launched_accelerator())
+                      accelerator=launched_accelerator(), checkpoints=checkpoints, until_step=until_step)
     return model, result
+
+
+def run_checkpoints(cfg: Config, base: torch.nn.Module, data: TaskData, spec: RunSpec, **settings
+                    ) -> FinetuneCheckpoints:
+    """Where one fine-tuning run saves: data/checkpoints/lora_alpha/<task>/<fingerprint>/ (or under
+    ``LMREPRO_CHECKPOINT_ROOT``), the fingerprint covering the base weights, the training data, the run and every
+    setting that changes its rows (``settings``: seed, steps, evaluation)."""
+    la = section(cfg)
+    train = {k: v for k, v in dataclasses.asdict(la.train).items() if k != "save_every_steps"}
+    identity = {"base": tensors_digest(dict(base.state_dict())), "data": tensors_digest(data.train),
+                "eval_data": tensors_digest(data.report) if settings.get("eval_split") == "report"
+                else tensors_digest(data.select) if settings.get("eval_split") == "select" else None,
+                "run": dataclasses.asdict(spec), "train": train, "target_modules": la.target_modules, **settings}
+    digest = fingerprint(identity)
+    root = Path(os.environ.get(CHECKPOINT_ROOT_ENV) or project_paths().checkpoint_root)
+    return FinetuneCheckpoints(root / PAPER / data.name / digest, la.train.save_every_steps, digest)
+
+
+def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of named tensors' names, dtypes, shapes and bytes."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().contiguous().cpu()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().data)
+    return h.hexdigest()
 
 
 def run_summary(cfg: Config, model: torch.nn.Module, data: TaskData, result: FinetuneResult,
