@@ -137,6 +137,16 @@ def test_a_wrong_setting_stops_before_anything_runs(envs, message):
     assert out.returncode == 2 and message in out.stderr and "+ " not in out.stdout
 
 
+def test_the_shipped_fsdp_config_loads_as_fsdp2():
+    """cloud/accelerate/node_fsdp.yaml through accelerate's loader: FSDP (version 2) on 8 processes of one machine,
+    which the Trainer reads as launch strategy fsdp (it trains for real in tests/test_train_distributed.py)."""
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    config = load_config_from_file(str(ROOT / "cloud/accelerate/node_fsdp.yaml"))
+    assert (config.distributed_type.value, config.num_processes, config.num_machines) == ("FSDP", 8, 1)
+    assert config.fsdp_config["fsdp_version"] == 2 and config.mixed_precision == "no" and not config.use_cpu
+
+
 @pytest.mark.parametrize("name, kind, processes, machines", [("one_gpu", "NO", 1, 1), ("node_ddp", "MULTI_GPU", 8, 1),
                                                              ("nodes_ddp", "MULTI_GPU", 16, 2)])
 def test_shipped_accelerate_configs_load_and_match_the_launcher(name, kind, processes, machines, tmp_path):

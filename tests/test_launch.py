@@ -43,6 +43,7 @@ from lmrepro.train.foundation import train_run as foundation_run
 REPO = Path(__file__).resolve().parents[1]
 LOSS_RTOL, WEIGHT_RTOL = 1e-5, 1e-4
 ONE, TWO = LaunchConfig(processes=1), LaunchConfig(processes=2)
+TWO_SHARDED = LaunchConfig(processes=2, strategy="fsdp")
 STEPS = 120  # xformer and hybrid runs: 120 steps (a checkpoint every 30)
 
 
@@ -130,19 +131,25 @@ def test_hybrid_entry_on_two_processes_matches_one(projects):
     assert_close_runs(d1["log"], d2["log"], d1["out"] / "final", d2["out"] / "final")
 
 
-def test_foundation_entry_on_two_processes_matches_one(projects):
+@pytest.mark.parametrize("two_processes", [TWO, TWO_SHARDED], ids=["ddp", "fsdp"])
+def test_foundation_entry_on_two_processes_matches_one(projects, two_processes, capfd):
     (cfg1, paths1), (cfg2, paths2) = projects
     one = call(foundation_run, (cfg1, paths1), "baseline", ONE)
-    two = call(foundation_run, (cfg2, paths2), "baseline", TWO)
+    two = call(foundation_run, (cfg2, paths2), "baseline", two_processes)
+    out = capfd.readouterr().out
+    assert "on 2 processes" in out and ("sharded: FSDP" in out) == (two_processes.strategy == "fsdp")
     assert one.completed and two.completed and one.step == two.step
     assert_close_runs(paths1.results("foundation") / "train_log.csv", paths2.results("foundation") / "train_log.csv",
                       paths1.model("baseline") / "final", paths2.model("baseline") / "final")
 
 
-@pytest.mark.parametrize("first, then", [(2, ONE), (1, TWO)])
-def test_a_run_interrupted_on_one_count_resumes_on_the_other(projects, tmp_path, first, then):
+@pytest.mark.parametrize("first, strategy, then", [(2, "ddp", ONE), (1, "ddp", TWO), (2, "fsdp", ONE),
+                                                   (1, "ddp", TWO_SHARDED)],
+                         ids=["ddp-then-1", "1-then-ddp", "fsdp-then-1", "1-then-fsdp"])
+def test_a_run_interrupted_on_one_count_resumes_on_the_other(projects, tmp_path, first, strategy, then, capfd):
     """Ctrl-C of a launched run after its first checkpoint, sent to the launcher's process group as
-    ``lmrepro.launch.run`` forwards a notebook's interrupt; rerun on the other count."""
+    ``lmrepro.launch.run`` forwards a notebook's interrupt; rerun on the other count (and strategy: a sharded run's
+    checkpoint is the same full checkpoint)."""
     (cfg_ref, paths_ref), (cfg, paths) = projects
     job = xformer_job(cfg)
     run_jobs(xf_runs.train_run, [job], (cfg_ref, paths_ref), launch=ONE)  # uninterrupted reference
@@ -150,7 +157,7 @@ def test_a_run_interrupted_on_one_count_resumes_on_the_other(projects, tmp_path,
     dirs = xf_artifacts.run_dirs(paths, "x", job.name)
     folder = tmp_path / f"launch-{first}"
     folder.mkdir()
-    proc, _ = start(xf_runs.train_run, (cfg, paths), job, first, folder)
+    proc, _ = start(xf_runs.train_run, (cfg, paths), job, first, folder, strategy=strategy)
     deadline = time.monotonic() + 240
     while not any(ckpt.list_checkpoints(p) for p in dirs["ckpt"].glob("*") if p.is_dir()):
         assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()[-3000:]
@@ -158,12 +165,15 @@ def test_a_run_interrupted_on_one_count_resumes_on_the_other(projects, tmp_path,
     os.killpg(proc.pid, signal.SIGINT)
     out, _ = proc.communicate(timeout=120)
     assert "training stopped after step" in out, out[-3000:]
+    assert ("sharded: FSDP" in out) == (strategy == "fsdp")
     [run_dir] = [p for p in dirs["ckpt"].iterdir() if p.is_dir()]
     stopped = int(ckpt.list_checkpoints(run_dir)[-1].name.split("-")[1])
     assert 0 < stopped < STEPS and not (dirs["out"] / "final").exists()
 
+    capfd.readouterr()
     [row] = run_jobs(xf_runs.train_run, [job], (cfg, paths), launch=then)
     assert row["resumed_from"] == stopped and row["steps"] == STEPS
+    assert ("sharded: FSDP" in capfd.readouterr().out) == (then.strategy == "fsdp")
     ref = xf_artifacts.run_dirs(paths_ref, "x", job.name)
     assert_close_runs(ref["log"], dirs["log"], ref["out"] / "final", dirs["out"] / "final")
 
@@ -318,6 +328,9 @@ def test_launch_problems_name_an_indivisible_batch_and_a_missing_rank():
     assert problems(odd, {}) == ["lora_alpha: train.batch_size 64 is not a multiple of micro_batch_size 16 × 8 "
                                  "processes (launch.processes, launch.machines): use fewer processes or change the "
                                  "batch"]
+    sharded = dataclasses.replace(paper, launch=LaunchConfig(processes=8, machines=2, strategy="fsdp"))
+    assert problems(sharded, {"LMREPRO_MACHINE_RANK": "0", "LMREPRO_MAIN_ADDRESS": "head"}) == [
+        "launch.strategy fsdp runs on one machine, but 2 machines are asked for: use ddp across machines"]
     (missing,) = problems(dataclasses.replace(paper, launch=LaunchConfig(processes=8)), {"SKYPILOT_NUM_NODES": "2"})
     assert missing.startswith("launch: 2 machines, but this machine's rank is not set")
 

@@ -70,20 +70,20 @@ def launch_env(tmp: Path) -> dict[str, str]:
     return env
 
 
-def launch_2proc(root: Path, run: str, *extra: str) -> str:
+def launch_2proc(root: Path, run: str, *extra: str, config: str = "node_ddp") -> str:
     """``accelerate launch --config_file cloud/accelerate/node_ddp.yaml --num_processes 2 ... -m lmrepro.train`` in
     ``root``; returns the output."""
     for attempt in range(2):  # a free port can be taken between free_port() and the launch: retry once
-        returncode, out = _launch(root, run, *extra)
+        returncode, out = _launch(root, run, *extra, config=config)
         if returncode == 0 or "address already in use" not in out.lower():
             break
     assert returncode == 0, f"2-process run failed ({returncode}):\n{out[-4000:]}"
     return out
 
 
-def _launch(root: Path, run: str, *extra: str) -> tuple[int, str]:
-    # The shipped 8-GPU node config (cloud/accelerate/node_ddp.yaml) with 2 processes: gloo on this CPU.
-    config = REPO / "cloud/accelerate/node_ddp.yaml"
+def _launch(root: Path, run: str, *extra: str, config: str = "node_ddp") -> tuple[int, str]:
+    # A shipped 8-GPU node config (cloud/accelerate/<config>.yaml) with 2 processes: gloo on this CPU.
+    config = REPO / "cloud" / "accelerate" / f"{config}.yaml"
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config),
            "--num_processes", "2", "--dynamo_backend", "no",
            "--main_process_port", str(free_port()), "--monitor_interval", "0.5",
@@ -155,3 +155,28 @@ def _compare_runs(project: Path) -> None:
     with (project / "live" / "foundation" / "ddp" / "plots" / "metrics" / "loss.tsv").open() as fh:
         live = [(int(r["step"]), float(r["loss"])) for r in csv.DictReader(fh, delimiter="\t")]
     assert live == [(int(r["step"]), r["loss"]) for r in rows_2]
+
+
+def test_the_shipped_fsdp_config_trains_sharded_to_the_same_run(project, tmp_path, monkeypatch):
+    """cloud/accelerate/node_fsdp.yaml with 2 processes: accelerate says FSDP, the Trainer shards every block
+    (lmrepro.train.fsdp), and the run ends where the 1-process run ends (weights, budget snapshot, log)."""
+    monkeypatch.chdir(tmp_path)
+    single = project / "data" / "models" / "single"
+    if not (single / "final").is_dir():  # run alone: the 1-process reference first
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            train_main(["--params", str(project / "params.yaml"), "--profile", "smoke", "--run", "single",
+                        "--log", str(project / "single.csv")])
+        finally:
+            torch.set_num_threads(threads)
+    out = launch_2proc(project, "fsdp", config="node_fsdp")
+    assert "on 2 processes" in out and "sharded: FSDP" in out, out[-4000:]
+    sharded = project / "data" / "models" / "fsdp"
+    assert_same_weights(single / "final", sharded / "final")
+    assert_same_weights(single / "budget-256", sharded / "budget-256")
+    rows_1, rows_2 = read_log(project / "single.csv"), read_log(project / "fsdp.csv")
+    assert [r["step"] for r in rows_1] == [r["step"] for r in rows_2]
+    for r1, r2 in zip(rows_1, rows_2):
+        for key in r1:
+            assert r2[key] == pytest.approx(r1[key], rel=1e-5, abs=1e-7), (r1["step"], key)

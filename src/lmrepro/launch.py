@@ -122,6 +122,9 @@ def problems(cfg, environ: Mapping[str, str] | None = None) -> list[str]:
         return [f"launch: {err}"]
     world = processes(cfg.launch) * (group.count if group else 1)
     found, trackers = [], set()
+    if cfg.launch.strategy == "fsdp" and group is not None:
+        found.append(f"launch.strategy fsdp runs on one machine, but {group.count} machines are asked for: use ddp "
+                     "across machines")
     for entry, size in entries(cfg):
         t = entry_model(cfg, entry, size)[1]
         trackers.update(t.trackers)
@@ -146,7 +149,9 @@ def call(fn: Callable, shared: tuple, job: Any, launch, threads: int = 1) -> Any
     """``fn(*shared, job)``: here when ``launch`` means one process on one machine (torch threads as they are),
     else through :func:`run` on that many processes (per machine) and machines."""
     n, group = processes(launch), machines(launch)
-    return fn(*shared, job) if n == 1 and group is None else run(fn, shared, job, n, threads, group)
+    if n == 1 and group is None:
+        return fn(*shared, job)
+    return run(fn, shared, job, n, threads, group, launch.strategy)
 
 
 class HostPickler(pickle.Pickler):
@@ -172,7 +177,7 @@ def _free_port() -> int:
 
 
 def start(fn: Callable, shared: tuple, job: Any, n: int, folder: str | Path, threads: int = 1,
-          group: Machines | None = None) -> tuple[subprocess.Popen, Path]:
+          group: Machines | None = None, strategy: str = "ddp") -> tuple[subprocess.Popen, Path]:
     """Start ``fn(*shared, job)`` on ``n`` processes of this machine (joined by those of the other machines of
     ``group``); (the launcher process, in its own process group, with stdout and stderr merged into a pipe; the
     file its result will be in)."""
@@ -208,18 +213,20 @@ def start(fn: Callable, shared: tuple, job: Any, n: int, folder: str | Path, thr
     # torchrun's agent gives the workers this long after a Ctrl-C / SIGTERM before it kills them (default 30 s):
     # time to finish the step, save the checkpoint and upload it to the mirror.
     env.update(OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", str(threads)), PYTHONUNBUFFERED="1",
+               LMREPRO_STRATEGY=strategy,  # the Trainer's (lmrepro.train.fsdp.ENV)
                TORCH_ELASTIC_SHUTDOWN_TIMEOUT=os.environ.get("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", "900"))
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, env=env,
                             start_new_session=True)
     return proc, result
 
 
-def run(fn: Callable, shared: tuple, job: Any, n: int, threads: int = 1, group: Machines | None = None) -> Any:
+def run(fn: Callable, shared: tuple, job: Any, n: int, threads: int = 1, group: Machines | None = None,
+        strategy: str = "ddp") -> Any:
     """``fn(*shared, job)`` on ``n`` processes (of each machine of ``group``); its return value (from this machine's
     first process). Raises RuntimeError naming the exit status when the launch fails; on Ctrl-C, forwards it and
     waits for the checkpoint."""
     with tempfile.TemporaryDirectory(prefix="lmrepro-launch-") as tmp:
-        proc, result = start(fn, shared, job, n, tmp, threads, group)
+        proc, result = start(fn, shared, job, n, tmp, threads, group, strategy)
         try:
             for line in proc.stdout:
                 print(line, end="", flush=True)

@@ -182,6 +182,10 @@ class LaunchConfig:
                                    "scheduler says (LMREPRO_MACHINES, SkyPilot's SKYPILOT_NUM_NODES; else 1); above 1 "
                                    "every machine runs the same stages and each run's processes join one group "
                                    "(lmrepro.launch: rank and address from the environment)")
+    strategy: str = bounded("ddp", choices=("ddp", "fsdp"),
+                            doc="how a run's processes hold the model: ddp (each a full copy), fsdp (each a shard "
+                                "of weights, gradients and AdamW moments: the largest sizes; one machine; the "
+                                "Trainer's runs, the LoRA-α runs stay ddp)")
 
 
 @dataclass(frozen=True, kw_only=True)

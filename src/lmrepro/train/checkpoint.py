@@ -64,11 +64,13 @@ def spec_from_dict(data: dict[str, Any]) -> LMSpec:
     return LMSpec.from_dict(data)
 
 
-def save_model(model: DecoderLM, folder: str | Path, extra: dict[str, Any] | None = None) -> Path:
-    """Write ``model.safetensors`` and ``spec.json`` (plus ``extra`` metadata) into ``folder``."""
+def save_model(model: DecoderLM, folder: str | Path, extra: dict[str, Any] | None = None,
+               weights: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write ``model.safetensors`` and ``spec.json`` (plus ``extra`` metadata) into ``folder``. ``weights``: the
+    model's full state dict where the model itself holds only a shard (FSDP, :func:`lmrepro.train.fsdp.full_states`)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    state = {k: v.detach().contiguous().cpu() for k, v in (model.state_dict() if weights is None else weights).items()}
     if model.spec.tie_embeddings:
         state.pop("lm_head.weight", None)  # safetensors refuses shared storage; re-tied on load
     save_file(state, str(folder / "model.safetensors"))
@@ -110,9 +112,13 @@ def load_model(folder: str | Path, map_location: str = "cpu") -> DecoderLM:
     return model
 
 
-def save_checkpoint(folder: str | Path, model: DecoderLM, optimizer, scheduler, state: dict[str, Any]) -> Path:
-    """Atomically write a resumable checkpoint into ``folder`` (e.g. ``.../step-000050``)."""
-    return _save_resumable(folder, lambda tmp: save_model(model, tmp), optimizer, scheduler, state, CHECKPOINT_FILES)
+def save_checkpoint(folder: str | Path, model: DecoderLM, optimizer, scheduler, state: dict[str, Any],
+                    full: tuple[dict, dict] | None = None) -> Path:
+    """Atomically write a resumable checkpoint into ``folder`` (e.g. ``.../step-000050``). ``full``: (model,
+    optimizer) state dicts gathered from a sharded run, in place of ``model``'s and ``optimizer``'s own."""
+    weights, optimizer_state = full if full is not None else (None, optimizer.state_dict())
+    return _save_resumable(folder, lambda tmp: save_model(model, tmp, weights=weights), optimizer_state, scheduler,
+                           state, CHECKPOINT_FILES)
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -128,16 +134,16 @@ def save_trainable_checkpoint(folder: str | Path, model: torch.nn.Module, optimi
         tmp.mkdir(parents=True)
         save_file({n: p.detach().contiguous().cpu() for n, p in trainable_state(model).items()}, str(tmp / TRAINABLE))
 
-    return _save_resumable(folder, weights, optimizer, scheduler, state, CHECKPOINT_FILES + (TRAINABLE,))
+    return _save_resumable(folder, weights, optimizer.state_dict(), scheduler, state, CHECKPOINT_FILES + (TRAINABLE,))
 
 
-def _save_resumable(folder: str | Path, write_weights, optimizer, scheduler, state: dict[str, Any],
+def _save_resumable(folder: str | Path, write_weights, optimizer_state: dict, scheduler, state: dict[str, Any],
                     files: tuple[str, ...]) -> Path:
     folder = Path(folder)
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     write_weights(tmp)
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    torch.save(optimizer_state, tmp / "optimizer.pt")
     (tmp / "scheduler.json").write_text(json.dumps(scheduler.state_dict()))
     rng = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():

@@ -18,6 +18,7 @@ import contextlib
 import csv
 import dataclasses
 import logging
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ from ..paths import shown
 from ..models import DecoderLM, LMSpec
 from ..ops.dispatch import reset_backends_used
 from . import checkpoint as ckpt
+from . import fsdp
 from .device import autocast_dtype, default_device
 from .agree import agree, common_steps, private_folder, same_start
 from .guard import RunInterrupted, RunLock, RunLockedError, Watch, agreed_stop_reason
@@ -50,6 +52,9 @@ log = logging.getLogger(__name__)
 # discard resumable checkpoints.
 _NON_SEMANTIC = ("save_every_steps", "keep_checkpoints", "log_every_steps", "eval_every_steps", "eval_windows",
                  "loss_chunk_tokens", "activation_checkpointing", "progress_every_steps", "trackers")
+
+
+STRATEGIES = ("ddp", "fsdp")
 
 
 class ForeignCheckpointError(ValueError):
@@ -114,6 +119,9 @@ class Trainer:
     out_dir:  final weights (``final/``) and token-budget snapshots (``budget-<tokens>/``).
     ckpt_dir: resumable checkpoints, keyed by a fingerprint of (spec, training config, data) so a
               changed configuration never resumes from incompatible state (old ones are kept).
+    strategy: "ddp" (every process holds the whole model) or "fsdp" (each holds a shard: :mod:`.fsdp`); None:
+              ``LMREPRO_STRATEGY`` as a launch sets it, else fsdp under an accelerate config of type FSDP
+              (cloud/accelerate/node_fsdp.yaml), else ddp. Only matters on several processes.
     live_dir: where ``cfg.trackers`` receive every logged row while the run trains (DVCLive: ``metrics.json``
               with the latest row, which ``dvc exp show`` reads, and ``plots/metrics/*.tsv``). Rewritten from the
               restored rows on resume, so it holds exactly the steps of the run's CSV. Needed when
@@ -124,7 +132,8 @@ class Trainer:
                  ckpt_dir: str | Path, val_dir: str | Path | None = None, log_path: str | Path | None = None,
                  provenance_path: str | Path | None = None, run_config: Any = None,
                  accelerator: Accelerator | None = None, progress: bool = True, sampler=None,
-                 mirror: CheckpointMirror | None | str = "env", live_dir: str | Path | None = None):
+                 mirror: CheckpointMirror | None | str = "env", live_dir: str | Path | None = None,
+                 strategy: str | None = None):
         self.spec, self.cfg = spec, cfg
         self.live_dir = Path(live_dir) if live_dir is not None else None
         self.accelerator = accelerator or make_accelerator(cfg.precision, cfg.trackers, self.live_dir)
@@ -155,6 +164,13 @@ class Trainer:
         if cfg.batch_size % (cfg.micro_batch_size * world):
             raise ValueError(f"train.batch_size {cfg.batch_size} must be a multiple of micro_batch_size × processes "
                              f"= {cfg.micro_batch_size} × {world}")
+        strategy = strategy or os.environ.get(fsdp.ENV) or ("fsdp" if fsdp.accelerate_says_fsdp() else "ddp")
+        if strategy not in STRATEGIES:
+            raise ValueError(f"strategy {strategy!r} (launch.strategy, {fsdp.ENV}): choose one of {list(STRATEGIES)}")
+        self.fsdp = strategy == "fsdp" and world > 1
+        if self.fsdp and int(os.environ.get("LOCAL_WORLD_SIZE", world)) != world:
+            # Checkpoints are gathered on the first process only, so other machines would have none to resume from.
+            raise ValueError("launch.strategy fsdp runs on one machine (its processes); use ddp across machines")
 
     # -- setup ---------------------------------------------------------------------------------
     def _build(self):
@@ -162,10 +178,11 @@ class Trainer:
         model = DecoderLM(self.spec)
         model.activation_checkpointing = self.cfg.activation_checkpointing
         optimizer = build_optimizer(model, self.cfg)
-        total = self.cfg.max_steps
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer,
-                                                      partial(lr_multiplier, total_steps=total, cfg=self.cfg))
-        return model, optimizer, scheduler
+        return model, optimizer, self._scheduler(optimizer)
+
+    def _scheduler(self, optimizer):
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, partial(lr_multiplier, total_steps=self.cfg.max_steps,
+                                                                    cfg=self.cfg))
 
     def _resume(self):
         """(model, optimizer, scheduler, state): from the newest checkpoint that loads, else fresh (state None).
@@ -245,7 +262,11 @@ class Trainer:
         # This run's backends: the steps before an interruption (from the checkpoint) and this process's.
         self._earlier_backends = state.get("op_backends", {}) if state else {}
         reset_backends_used()
-        model, optimizer = acc.prepare(model, optimizer)  # the scheduler is stepped by us, once per step
+        if self.fsdp:  # sharded by the trainer itself (accelerate's FSDP plugin runs on CUDA only)
+            model, optimizer, scheduler = fsdp.shard(model, optimizer, scheduler, acc,
+                                                     partial(build_optimizer, cfg=self.cfg), self._scheduler)
+        else:
+            model, optimizer = acc.prepare(model, optimizer)  # the scheduler is stepped by us, once per step
         self._start_trackers(acc.unwrap_model(model), rows)
         try:
             return self._loop(model, optimizer, scheduler, start, rows, until_step, watch)
@@ -264,8 +285,8 @@ class Trainer:
         bar = tqdm(total=total, initial=start, desc="train", disable=not (self.progress and acc.is_main_process))
         # Says how many processes really train: `accelerate launch --cpu --num_processes 2` starts one.
         if start < stop:
-            log.info("training steps %d..%d of %d on %d processes (%s, %s)", start + 1, stop, total, world,
-                     acc.device, acc.mixed_precision)
+            log.info("training steps %d..%d of %d on %d processes (%s, %s%s)", start + 1, stop, total, world,
+                     acc.device, acc.mixed_precision, ", sharded: FSDP" if self.fsdp else "")
         t0 = time.perf_counter()
         every = cfg.progress_every_steps or max(1, total // 20)
         for step in range(start, stop):
@@ -280,7 +301,8 @@ class Trainer:
             for i, mb in enumerate(micro):
                 mb = mb.to(acc.device)
                 # Only the last micro-batch synchronizes gradients across processes.
-                sync = contextlib.nullcontext() if i == len(micro) - 1 else acc.no_sync(model)
+                sync = (contextlib.nullcontext() if i == len(micro) - 1
+                        else fsdp.no_sync(model) if self.fsdp else acc.no_sync(model))
                 with sync, acc.autocast():
                     loss = model(mb[:, :-1], targets=mb[:, 1:], loss_chunk=cfg.loss_chunk_tokens,
                                  target_weights=None if weights is None else weights[i])
@@ -325,8 +347,9 @@ class Trainer:
         bar.close()
         completed = stop == total
         final_dir = self.out_dir / "final"
+        weights = fsdp.full_weights(model) if completed and self.fsdp else None  # every process gathers
         if completed and acc.is_local_main_process:  # each machine's own copy (identical weights)
-            self._publish(model, rows, start)
+            self._publish(model, rows, start, weights)
         acc.wait_for_everyone()
         budget_dirs = {b: self.out_dir / f"budget-{b}" for b in budgets}
         return TrainResult(rows, final_dir, budget_dirs, resumed_from_step=start or None, completed=completed,
@@ -378,8 +401,10 @@ class Trainer:
     def _clip(self, model) -> float:
         params = [p for p in model.parameters() if p.grad is not None]
         if self.cfg.grad_clip:
+            if self.fsdp:  # sharded gradients: torch's clip reduces the norm over the shards
+                return float(fsdp.local(torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)))
             return float(self.accelerator.clip_grad_norm_(params, self.cfg.grad_clip))
-        return float(torch.linalg.vector_norm(torch.stack([p.grad.detach().norm() for p in params])))
+        return float(torch.linalg.vector_norm(torch.stack([fsdp.local(p.grad.detach().norm()) for p in params])))
 
     def _val_loss(self, model) -> float:
         windows = eval_windows(self.val_tokens, self.cfg.seq_len, self.cfg.eval_windows, self.cfg.micro_batch_size)
@@ -387,10 +412,11 @@ class Trainer:
 
     # -- persistence ---------------------------------------------------------------------------
     def _save_checkpoint(self, model, optimizer, scheduler, step, rows) -> None:
+        full = fsdp.full_states(model, optimizer) if self.fsdp else None  # every process gathers
         if self.accelerator.is_local_main_process:  # every machine resumes from its own disk
             state = {"step": step, "rows": rows, "fingerprint": self.fingerprint, "op_backends": self._backends()}
             ckpt.save_checkpoint(self.ckpt_dir / f"{ckpt.STEP_PREFIX}{step:07d}",
-                                 self.accelerator.unwrap_model(model), optimizer, scheduler, state)
+                                 self.accelerator.unwrap_model(model), optimizer, scheduler, state, full=full)
             ckpt.prune_checkpoints(self.ckpt_dir, self.cfg.keep_checkpoints)
         self.accelerator.wait_for_everyone()
 
@@ -417,15 +443,16 @@ class Trainer:
     def _save_budget(self, model, budget: int, tokens: int) -> None:
         # Snapshots live beside the resumable checkpoints (a persistent folder) so a resumed run still
         # has the ones written before the interruption; _publish copies them to out_dir.
+        weights = fsdp.full_weights(model) if self.fsdp else None  # every process gathers
         if self.accelerator.is_local_main_process:
             ckpt.save_model(self.accelerator.unwrap_model(model), self.ckpt_dir / "budgets" / f"budget-{budget}",
-                            extra={"budget_tokens": budget, "tokens_seen": tokens})
+                            extra={"budget_tokens": budget, "tokens_seen": tokens}, weights=weights)
 
-    def _publish(self, model, rows, start) -> None:
+    def _publish(self, model, rows, start, weights=None) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         final = self.out_dir / "final"
         ckpt.save_model(self.accelerator.unwrap_model(model), final,
-                        extra={"tokens_seen": self.cfg.max_steps * self.cfg.tokens_per_step})
+                        extra={"tokens_seen": self.cfg.max_steps * self.cfg.tokens_per_step}, weights=weights)
         budgets = self.ckpt_dir / "budgets"
         if budgets.is_dir():
             for snap in sorted(budgets.iterdir()):
