@@ -91,7 +91,8 @@ def throughput(arch: str, size: str, seq_len: int, device: str, steps: int = 3) 
 
 def trainer_probes(profile: str, quick: bool, budget_s: float) -> list[dict]:
     """Part 3: :func:`lmrepro.probe.probe` of every entry and size, fewest parameters first, on every
-    GPU (one process per GPU; one process on CPU), until ``budget_s`` has passed."""
+    GPU (one process per GPU; one process on CPU), then with 2 GPUs the largest size sharded (FSDP), until
+    ``budget_s`` has passed."""
     import torch
 
     from lmrepro.config import LaunchConfig, load_config
@@ -106,16 +107,22 @@ def trainer_probes(profile: str, quick: bool, budget_s: float) -> list[dict]:
     with torch.device("meta"):
         size = {job: DecoderLM(entry_model(cfg, *job)[0]).num_parameters() for job in jobs}
     launch = LaunchConfig(processes=min(2, max(1, torch.cuda.device_count())), machines=1)
+    order = sorted(jobs, key=size.get)
+    # With 2 GPUs the largest size also runs sharded (launch.strategy fsdp): its memory per GPU beside DDP's.
+    runs = [(job, launch) for job in order]
+    if launch.processes == 2:
+        runs.append((order[-1], LaunchConfig(processes=2, machines=1, strategy="fsdp")))
     out, start = [], time.perf_counter()
-    for job in sorted(jobs, key=size.get):
+    for job, how in runs:
         if time.perf_counter() - start > budget_s:
-            out.append({"entry": job[0], "size": job[1], "skipped": f"time budget of {budget_s:.0f} s spent"})
+            out.append({"entry": job[0], "size": job[1], "strategy": how.strategy,
+                        "skipped": f"time budget of {budget_s:.0f} s spent"})
             continue
         try:
-            out.append(call(probe, (cfg,), job, launch))
+            out.append({**call(probe, (cfg,), job, how), "strategy": how.strategy})
         except Exception as err:  # noqa: BLE001 — report and go on: one size must not hide the others
             oom = "out of memory" in str(err).lower()
-            out.append({"entry": job[0], "size": job[1], "parameters": size[job],
+            out.append({"entry": job[0], "size": job[1], "parameters": size[job], "strategy": how.strategy,
                         "out_of_memory" if oom else "error": repr(err)[:500]})
         finally:
             if torch.cuda.is_available():

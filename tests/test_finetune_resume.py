@@ -61,7 +61,9 @@ def test_an_interrupted_run_resumes_bit_for_bit(setup, spec):
     model, result = train_run(cfg, base, data, spec, eval_split="report", eval_every=3)
     assert_same_run(model, result, reference)
     assert result.resumed_from == 5
-    assert [ckpt.step_of(f) for f in ckpt.list_checkpoints(folder)] == [5, 6]  # the newest two
+    # A finished run keeps one slim checkpoint: its weights and rows, no optimizer moments.
+    [final] = ckpt.list_checkpoints(folder)
+    assert ckpt.step_of(final) == 6 and torch.load(final / "optimizer.pt", weights_only=True)["state"] == {}
     # A finished run found again: nothing trained, the same result.
     model, again = train_run(cfg, base, data, spec, eval_split="report", eval_every=3)
     assert_same_run(model, again, reference)
@@ -115,3 +117,59 @@ def test_checkpoints_and_callbacks_do_not_mix(setup, tmp_path):
     with pytest.raises(ValueError, match="cannot resume callbacks' own state"):
         finetune(base, lambda m: torch.optim.AdamW(m.parameters()), data.train, 2, batch_size=4,
                  callbacks=[object()], checkpoints=FinetuneCheckpoints(tmp_path / "run", 1, "abc"))
+
+
+def _plain_lora(base):
+    """A fresh LoRA (r = 4, α = 2r) copy of ``base`` on its attention projections."""
+    import copy
+
+    from lmrepro.lora import apply_lora
+
+    return apply_lora(copy.deepcopy(base), 4, alpha_for("2r", 4), ["q_proj", "v_proj"], seed=0)
+
+
+def test_a_checkpoint_that_fails_to_load_leaves_the_run_as_it_was(setup, tmp_path):
+    """A checkpoint whose files are intact but do not fit (here: an optimizer with another group layout, as after a
+    code change) is set aside, and the run starts afresh exactly as a run that never saw it — not on the weights or
+    optimizer state the failed load left behind."""
+    from lmrepro.lora.checkpoints import FinetuneCheckpoints
+    from lmrepro.lora import loraplus_optimizer
+
+    _, base, data = setup
+    one_group = lambda m: torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=3e-3)  # noqa: E731
+    two_groups = lambda m: loraplus_optimizer(m, 3e-3, 4.0)  # noqa: E731
+    where = FinetuneCheckpoints(tmp_path / "run", 1, "same-run")
+    finetune(_plain_lora(base), one_group, data.train, 6, batch_size=4, checkpoints=where, until_step=3)
+    fresh = finetune(model := _plain_lora(base), two_groups, data.train, 6, batch_size=4)
+    again = finetune(resumed := _plain_lora(base), two_groups, data.train, 6, batch_size=4, checkpoints=where)
+    assert again.resumed_from is None and again.rows == fresh.rows
+    assert all(torch.equal(a, b) for a, b in zip(trained(model).values(), trained(resumed).values()))
+    assert sorted(p.name for p in where.folder.iterdir() if p.name.endswith(".damaged")) == [
+        "step-0000002.damaged", "step-0000003.damaged"]
+
+
+def test_ctrl_c_saves_at_the_step_boundary_and_a_second_run_is_refused_while_one_holds_the_folder(setup, tmp_path):
+    import os
+    import signal
+
+    from lmrepro.lora.checkpoints import FinetuneCheckpoints
+    from lmrepro.train.guard import RunInterrupted, RunLock, RunLockedError
+
+    _, base, data = setup
+    adam = lambda m: torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=3e-3)  # noqa: E731
+    where = FinetuneCheckpoints(tmp_path / "run", 100, "run")
+    reference = finetune(model := _plain_lora(base), adam, data.train, 6, batch_size=4)
+
+    def interrupt_at_step_2(m):  # an evaluation hook: Ctrl-C arrives in the middle of step 2's work
+        os.kill(os.getpid(), signal.SIGINT)
+        return {}
+
+    with pytest.raises(RunInterrupted, match="fine-tuning stopped after step 2 of 6: interrupted"):
+        finetune(_plain_lora(base), adam, data.train, 6, batch_size=4, checkpoints=where, eval_fn=interrupt_at_step_2,
+                 eval_every=2)
+    assert [ckpt.step_of(f) for f in ckpt.list_checkpoints(where.folder)] == [2]
+    with RunLock(where.folder), pytest.raises(RunLockedError, match="another trainer holds this run"):
+        finetune(_plain_lora(base), adam, data.train, 6, batch_size=4, checkpoints=where)
+    resumed = finetune(again := _plain_lora(base), adam, data.train, 6, batch_size=4, checkpoints=where)
+    assert resumed.resumed_from == 2 and [r["loss"] for r in resumed.rows] == [r["loss"] for r in reference.rows]
+    assert all(torch.equal(a, b) for a, b in zip(trained(model).values(), trained(again).values()))

@@ -297,12 +297,15 @@ def test_machines_sharing_a_checkpoint_folder_refuse(machine_projects, tmp_path)
     assert "is shared with other machines" in ends[0][1] + ends[1][1]
 
 
-def test_the_gpu_checks_trainer_probe_resumes_on_two_processes():
-    """lmrepro.probe (part 3 of scripts/gpu_check.py) through a 2-process launch, as on a 2-GPU machine."""
+@pytest.mark.parametrize("two", [TWO, TWO_SHARDED], ids=["ddp", "fsdp"])
+def test_the_gpu_checks_trainer_probe_resumes_on_two_processes(two, capfd):
+    """lmrepro.probe (part 3 of scripts/gpu_check.py) through a 2-process launch, as on a 2-GPU machine, also
+    sharded (the check's FSDP probe of the largest size)."""
     from lmrepro.probe import probe
 
     cfg = load_config(REPO / "params.yaml", profile="smoke")
-    out = call(probe, (cfg,), ("xformer", "s1"), TWO)
+    out = call(probe, (cfg,), ("xformer", "s1"), two)
+    assert ("sharded: FSDP" in capfd.readouterr().out) == (two.strategy == "fsdp")
     assert (out["processes"], out["resumed_from_step"], out["steps"], out["completed"]) == (2, 1, 2, True)
     assert out["micro_batch_size"] == cfg.xformer.micro_batch_size and out["final_loss"] > 0
 

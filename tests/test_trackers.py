@@ -184,3 +184,46 @@ def test_params_check_names_a_tracker_that_is_not_installed():
     absent = next(t for t in ("aim", "swanlab", "trackio", "clearml") if not _installed(t))
     other = dataclasses.replace(paper, train=dataclasses.replace(paper.train, trackers=["dvclive", absent]))
     assert problems(other, {}) == [f"train.trackers: ['{absent}'] not installed on this machine (pip install {absent})"]
+
+
+def test_a_failing_tracker_is_reported_and_training_goes_on(make_spec, make_train_config, token_dirs, tmp_path,
+                                                            caplog):
+    """A tracker that fails while the run trains (a service unreachable, a full disk) costs a warning, not the run:
+    the run completes, its CSV is whole."""
+    import logging
+
+    from accelerate import Accelerator
+    from accelerate.tracking import GeneralTracker
+
+    class Unreachable(GeneralTracker):
+        name, requires_logging_directory = "unreachable", False
+
+        def __init__(self):
+            super().__init__()
+            self.calls = 0
+
+        @property
+        def tracker(self):
+            return None
+
+        def store_init_configuration(self, values):
+            pass
+
+        def log(self, values, step=None, **kwargs):
+            self.calls += 1
+            raise ConnectionError("service unreachable")
+
+        def finish(self):
+            raise ConnectionError("service unreachable")
+
+    tracker = Unreachable()
+    train, val = token_dirs
+    t = Trainer(make_spec(), make_train_config(), train, tmp_path / "out", tmp_path / "ckpt", val_dir=val,
+                log_path=tmp_path / "log.csv", progress=False, accelerator=Accelerator(cpu=True, log_with=[tracker]),
+                live_dir=tmp_path / "live")
+    with caplog.at_level(logging.WARNING, logger="lmrepro.train.trainer"):
+        result = t.fit()
+    assert result.completed and len(csv_rows(tmp_path / "log.csv")) == 12 and tracker.calls == 12
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("could not send step" in m and "service unreachable" in m for m in messages) == 12
+    assert any("tracker unreachable did not close" in m for m in messages)

@@ -13,8 +13,9 @@ first process saves a resumable checkpoint (torchrun's agent allows 900 s for it
 Processes run the runs of a stage one after another (each run uses every GPU). What a run computes does not
 depend on the count (same global batch, micro-batches split between processes, the loss normalized by the global
 token count); the numbers agree to float rounding of the gradient all-reduce (tests/test_launch.py). The same holds
-for LoRA-α's fine-tuning runs (LoRA and full fine-tuning: :mod:`lmrepro.lora.finetune` under DDP), which keep no
-checkpoints: an interrupted fine-tuning run starts again.
+for LoRA-α's fine-tuning runs (LoRA and full fine-tuning: :mod:`lmrepro.lora.finetune` under DDP), resumable on any
+count with ``lora_alpha.train.save_every_steps`` (:mod:`lmrepro.lora.checkpoints`; not mirrored). ``launch.strategy:
+fsdp`` shards the Trainer's runs instead (:mod:`lmrepro.train.fsdp`, one machine).
 
 Several machines (``launch.machines`` above 1, or a scheduler's node count): every machine runs the same stages
 (the same ``dvc exp run``), and each run's processes on all machines join one group through the first machine's
@@ -26,7 +27,6 @@ finds them; the first machine alone mirrors checkpoints and pushes results.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import pickle
 import signal
@@ -115,6 +115,7 @@ def problems(cfg, environ: Mapping[str, str] | None = None) -> list[str]:
     here, and every Trainer-based or fine-tuning run whose ``batch_size`` is not a multiple of ``micro_batch_size``
     × processes × machines. Empty when all is well."""
     from .probe import entries, entry_model
+    from .train.trackers import missing_trackers
 
     try:
         group = machines(cfg.launch, environ)
@@ -129,20 +130,21 @@ def problems(cfg, environ: Mapping[str, str] | None = None) -> list[str]:
         t = entry_model(cfg, entry, size)[1]
         trackers.update(t.trackers)
         if t.batch_size % (t.micro_batch_size * world):
-            found.append(f"{entry} {size}: batch_size {t.batch_size} is not a multiple of micro_batch_size "
-                         f"{t.micro_batch_size} × {world} processes (launch.processes, launch.machines): use "
-                         "fewer processes or change the batch")
+            found.append(_indivisible(f"{entry} {size}: batch_size", t.batch_size, t.micro_batch_size, world))
     la = cfg.papers.get("lora_alpha")
     if la is not None:  # its fine-tuning runs split every batch the same way (lmrepro.lora.finetune)
         micro = la.train.micro_batch_size or 1
         if la.train.batch_size % (micro * world):
-            found.append(f"lora_alpha: train.batch_size {la.train.batch_size} is not a multiple of micro_batch_size "
-                         f"{micro} × {world} processes (launch.processes, launch.machines): use fewer processes or "
-                         "change the batch")
-    missing = sorted(t for t in trackers if importlib.util.find_spec(t) is None)
+            found.append(_indivisible("lora_alpha: train.batch_size", la.train.batch_size, micro, world))
+    missing = missing_trackers(sorted(trackers))
     if missing:
         found.append(f"train.trackers: {missing} not installed on this machine (pip install {' '.join(missing)})")
     return found
+
+
+def _indivisible(what: str, batch: int, micro: int, world: int) -> str:
+    return (f"{what} {batch} is not a multiple of micro_batch_size {micro} × {world} processes (launch.processes, "
+            "launch.machines): use fewer processes or change the batch")
 
 
 def call(fn: Callable, shared: tuple, job: Any, launch, threads: int = 1) -> Any:

@@ -43,8 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.reasoning import IGNORE_INDEX, Example, exact_match
-from ..train.agree import agree
-from ..train.guard import RunInterrupted, RunLock, RunLockedError, Watch, agreed_stop_reason
+from ..train.guard import RunInterrupted, agreed_stop_reason, held_run
 from ..train.schedule import lr_multiplier
 from .checkpoints import FinetuneCheckpoints
 
@@ -170,66 +169,48 @@ def _evaluate(model: torch.nn.Module, eval_fn: Callable[[torch.nn.Module], dict]
     return metrics
 
 
-def _forward_backward(model, batch: dict[str, torch.Tensor], micro_batch_size: int | None,
-                      autocast_dtype: torch.dtype | None) -> tuple[float, int]:
-    """Accumulate the gradient of the batch's token-mean loss over micro-batches; (loss, tokens)."""
+def _forward_backward(net, batch: dict[str, torch.Tensor], micro_batch_size: int | None,
+                      autocast_dtype: torch.dtype | None, acc=None) -> tuple[float, int]:
+    """Accumulate the gradient of the batch's token-mean loss over micro-batches; (loss, tokens). With an
+    accelerator of several processes (``net`` DDP-wrapped) this process takes its rows of the global ``batch``
+    and the gradient every process holds afterwards is still the whole batch's token mean."""
     total = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
     if total == 0:
         raise ValueError("batch has no supervised token (every labels[:, 1:] is -100)")
-    size = batch["input_ids"].shape[0]
-    step = micro_batch_size or size
-    loss_sum = 0.0
-    for start in range(0, size, step):
-        micro = _trim({k: v[start:start + step] for k, v in batch.items()})
-        if int((micro["labels"][:, 1:] != IGNORE_INDEX).sum()) == 0:
-            continue  # contributes nothing to the token mean
-        ctx = (torch.autocast(micro["input_ids"].device.type, dtype=autocast_dtype) if autocast_dtype
-               else contextlib.nullcontext())
-        with ctx:
-            loss, count = sft_loss(model, micro)
-        # Weight by tokens so the accumulated gradient is that of the whole batch's token mean.
-        (loss * (count / total)).backward()
-        loss_sum += float(loss.detach()) * count
-    return loss_sum / total, total
-
-
-def _ddp_forward_backward(net, batch: dict[str, torch.Tensor], micro_batch_size: int | None,
-                          autocast_dtype: torch.dtype | None, acc) -> tuple[float, int]:
-    """:func:`_forward_backward` on this process's rows of the global ``batch`` (DDP-wrapped ``net``): the
-    gradient all processes hold afterwards is that of the whole batch's token mean; (its loss, its tokens)."""
-    total = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
-    if total == 0:
-        raise ValueError("batch has no supervised token (every labels[:, 1:] is -100)")
-    world, rank = acc.num_processes, acc.process_index
+    world, rank = (acc.num_processes, acc.process_index) if acc is not None else (1, 0)
     size = batch["input_ids"].shape[0]
     per = size // world
     step = micro_batch_size or per
-    if size % world or per % step:
+    if world > 1 and (size % world or per % step):  # one process: a shorter last micro-batch is fine
         raise ValueError(f"batch of {size} rows: it must split into {world} processes × micro-batches of {step} "
                          "(train.batch_size a multiple of micro_batch_size × processes)")
     starts = range(rank * per, (rank + 1) * per, step)
-    loss_sum = torch.zeros((), dtype=torch.float64, device=acc.device)
+    loss_sum = 0.0
     for i, start in enumerate(starts):
         micro = _trim({k: v[start:start + step] for k, v in batch.items()})
         count = int((micro["labels"][:, 1:] != IGNORE_INDEX).sum())
-        last = i == len(starts) - 1
-        if count == 0 and not last:
+        # Under DDP only the last micro-batch's backward all-reduces, and every process must run it: a last
+        # micro-batch without supervised tokens still goes through the model, with a zero loss.
+        last_sync = world > 1 and i == len(starts) - 1
+        if count == 0 and not last_sync:
             continue  # contributes nothing to the token mean
         ctx = (torch.autocast(micro["input_ids"].device.type, dtype=autocast_dtype) if autocast_dtype
                else contextlib.nullcontext())
-        # Only the last micro-batch's backward all-reduces; it must run on every process, so a last micro-batch
-        # without supervised tokens still goes through the model, with a zero loss.
-        with (contextlib.nullcontext() if last else acc.no_sync(net)):
+        with (acc.no_sync(net) if world > 1 and not last_sync else contextlib.nullcontext()):
             with ctx:
                 if count:
                     loss, count = sft_loss(net, micro)
-                    scaled = loss * (count * world / total)  # × world: DDP averages, the token mean sums
+                    # Weight by tokens so the accumulated gradient is that of the whole batch's token mean
+                    # (× world: DDP averages over processes, the token mean sums).
+                    scaled = loss * (count * world / total)
                 else:
                     loss, scaled = None, model_logits(net, micro["input_ids"]).sum() * 0.0
             scaled.backward()
         if loss is not None:
-            loss_sum += loss.detach().double() * count
-    return acc.reduce(loss_sum, reduction="sum").item() / total, total
+            loss_sum += float(loss.detach()) * count
+    if world > 1:
+        loss_sum = acc.reduce(torch.tensor(loss_sum, dtype=torch.float64, device=acc.device), reduction="sum").item()
+    return loss_sum / total, total
 
 
 def launched_accelerator():
@@ -311,27 +292,13 @@ def finetune(model: torch.nn.Module, make_optimizer: Callable[[torch.nn.Module],
 
 @contextlib.contextmanager
 def _guarded(checkpoints: FinetuneCheckpoints | None, acc):
-    """With checkpoints: the run's folder locked (one trainer per run) and Ctrl-C / SIGTERM turned into a checkpoint
-    at the next step boundary (:class:`lmrepro.train.guard.Watch`); yields the watch (None without checkpoints)."""
+    """With checkpoints: the run's folder locked and private to this machine, Ctrl-C / SIGTERM turned into a
+    checkpoint at the next step boundary (:func:`lmrepro.train.guard.held_run`); yields the watch (None without)."""
     if checkpoints is None:
         yield None
         return
-    lock, problem = None, None
-    if acc is None or acc.is_local_main_process:
-        try:
-            lock = RunLock(checkpoints.folder).acquire()
-        except RunLockedError as err:
-            problem = err
-    try:
-        if acc is not None and acc.num_processes > 1:
-            agree(acc, problem, "run lock")
-        elif problem is not None:
-            raise problem
-        with Watch() as watch:
-            yield watch
-    finally:
-        if lock is not None:
-            lock.release()
+    with held_run(acc, checkpoints.folder, checkpoints.folder) as watch:
+        yield watch
 
 
 def _loop(model, net, optimizer, scheduler, params, train_batches, start: int, rows: list, steps: int, stop: int,
@@ -345,10 +312,7 @@ def _loop(model, net, optimizer, scheduler, params, train_batches, start: int, r
     model.train()
     for step in range(start, stop):
         batch = {k: v.to(device) for k, v in _trim(train_batches(step)).items()}
-        if ddp:
-            loss, count = _ddp_forward_backward(net, batch, micro_batch_size, autocast_dtype, accelerator)
-        else:
-            loss, count = _forward_backward(model, batch, micro_batch_size, autocast_dtype)
+        loss, count = _forward_backward(net, batch, micro_batch_size, autocast_dtype, accelerator if ddp else None)
         row: dict[str, Any] = {"step": step + 1, "loss": loss, "lr": scheduler.get_last_lr()[0], "tokens": count}
         if stop_on_nonfinite and not math.isfinite(loss):
             optimizer.zero_grad(set_to_none=True)
@@ -374,7 +338,7 @@ def _loop(model, net, optimizer, scheduler, params, train_batches, start: int, r
         if checkpoints is not None:
             reason = agreed_stop_reason(watch, accelerator) if done < stop else None
             if done % checkpoints.every == 0 or done == stop or reason:
-                checkpoints.save(model, optimizer, scheduler, done, result.rows, accelerator)
+                checkpoints.save(model, optimizer, scheduler, done, result.rows, accelerator, final=done == steps)
             if reason:
                 raise RunInterrupted(f"fine-tuning stopped after step {done} of {steps}: {reason}; a resumable "
                                      f"checkpoint is in {checkpoints.folder} (rerun to continue)")

@@ -127,14 +127,18 @@ def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_trainable_checkpoint(folder: str | Path, model: torch.nn.Module, optimizer, scheduler,
-                              state: dict[str, Any]) -> Path:
+                              state: dict[str, Any], slim: bool = False) -> Path:
     """Atomically write a fine-tuning run's resumable checkpoint: ``model``'s trainable parameters (any module:
-    a PEFT wrapper, an HF model), optimizer, scheduler, RNG and ``state``."""
+    a PEFT wrapper, an HF model), optimizer, scheduler, RNG and ``state``. ``slim``: the optimizer's groups without
+    its per-parameter state (a finished run's: loading it restores the weights, nothing is left to step)."""
     def weights(tmp: Path) -> None:
         tmp.mkdir(parents=True)
         save_file({n: p.detach().contiguous().cpu() for n, p in trainable_state(model).items()}, str(tmp / TRAINABLE))
 
-    return _save_resumable(folder, weights, optimizer.state_dict(), scheduler, state, CHECKPOINT_FILES + (TRAINABLE,))
+    optimizer_state = optimizer.state_dict()
+    if slim:
+        optimizer_state = {**optimizer_state, "state": {}}
+    return _save_resumable(folder, weights, optimizer_state, scheduler, state, CHECKPOINT_FILES + (TRAINABLE,))
 
 
 def _save_resumable(folder: str | Path, write_weights, optimizer_state: dict, scheduler, state: dict[str, Any],
@@ -177,7 +181,9 @@ def load_checkpoint(folder: str | Path, model: DecoderLM, optimizer, scheduler) 
 
 def load_trainable_checkpoint(folder: str | Path, model: torch.nn.Module, optimizer, scheduler) -> dict[str, Any]:
     """Restore a :func:`save_trainable_checkpoint` into ``model`` (its trainable parameters, which must be exactly
-    the saved names and shapes), optimizer, scheduler and RNG; return the saved state."""
+    the saved names and shapes), optimizer, scheduler and RNG; return the saved state. When it raises, the model's
+    weights are untouched (they are copied last, after everything that can fail) and so, with ``optimizer`` and
+    ``scheduler`` reloaded from their state before the call, is the run."""
     folder = Path(folder)
     state = _verified_state(folder, CHECKPOINT_FILES + (TRAINABLE,))
     saved = load_file(str(folder / TRAINABLE))
@@ -186,10 +192,11 @@ def load_trainable_checkpoint(folder: str | Path, model: torch.nn.Module, optimi
     if {n: tuple(t.shape) for n, t in saved.items()} != shapes:
         raise ValueError(f"{folder / TRAINABLE}: holds other trainable parameters than this run's "
                          f"({sorted(set(saved) ^ set(shapes))[:5] or 'same names, other shapes'})")
+    state = _restore(folder, optimizer, scheduler, state)
     with torch.no_grad():
         for name, p in params.items():
             p.copy_(saved[name])
-    return _restore(folder, optimizer, scheduler, state)
+    return state
 
 
 def _verified_state(folder: Path, files: tuple[str, ...]) -> dict[str, Any]:
@@ -206,8 +213,21 @@ def _restore(folder: Path, optimizer, scheduler, state: dict[str, Any]) -> dict[
     rng = torch.load(folder / "rng.pt", weights_only=True)
     torch.set_rng_state(rng["torch"])
     if "cuda" in rng and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(list(rng["cuda"]))
+        # Saved by a process that saw every GPU of its machine; this one may see fewer (another launch shape).
+        for device, generator in enumerate(list(rng["cuda"])[:torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(generator, device)
     return state
+
+
+def set_aside(folder: Path, err: Exception, first: bool) -> None:
+    """Keep a checkpoint that does not load as ``<name>.damaged`` (never deleted) so the previous one is tried next.
+    Every process of a machine finds the same damage; only the ``first`` renames (another may then find the folder
+    gone: it moves on too)."""
+    damaged = folder.with_name(folder.name + ".damaged")
+    if first:
+        shutil.rmtree(damaged, ignore_errors=True)
+        folder.rename(damaged)
+    log.warning("checkpoint %s is damaged (%s); kept as %s, trying the previous one", folder, err, damaged.name)
 
 
 def step_of(checkpoint: str | Path) -> int:

@@ -47,12 +47,12 @@ def _keyed(state: dict[str, Any], names: list[str], to_names: bool) -> dict[str,
 
 def shard(model: torch.nn.Module, optimizer, scheduler, acc, build_optimizer: Callable[[torch.nn.Module], Any],
           make_scheduler: Callable[[Any], Any]):
-    """(model, optimizer, scheduler) sharded over ``acc``'s processes: ``model`` (full, with any restored weights)
-    moved to the device and ``fully_shard``-ed block by block; a new optimizer over the sharded parameters and a new
-    scheduler, carrying over the restored optimizer and scheduler state."""
+    """(model, optimizer, scheduler) sharded over ``acc``'s processes: ``model`` (full, on the CPU, with any restored
+    weights) ``fully_shard``-ed block by block, each block's shard moved to the device as it is sharded (so no process
+    holds the whole model there); a new optimizer over the sharded parameters and a new scheduler, carrying over the
+    restored optimizer and scheduler state."""
     names, restored = _names(model, optimizer), optimizer.state_dict()
     mesh = torch.distributed.device_mesh.init_device_mesh(acc.device.type, (acc.num_processes,))
-    model.to(acc.device)
     for block in model.layers:
         fully_shard(block, mesh=mesh)
     fully_shard(model, mesh=mesh)
@@ -68,9 +68,8 @@ def shard(model: torch.nn.Module, optimizer, scheduler, acc, build_optimizer: Ca
 def full_states(model: torch.nn.Module, optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """(full model state dict, index-keyed optimizer state dict) on the first process, on the CPU; empty on the
     others. Every process must call it (it gathers)."""
-    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    weights = get_model_state_dict(model, options=options)
-    state = get_optimizer_state_dict(model, optimizer, options=options)
+    weights = full_weights(model)
+    state = get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if not state:
         return weights, {}
     return weights, _keyed(state, _names(model, optimizer), to_names=False)

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -150,3 +151,31 @@ def agreed_stop_reason(watch: Watch, acc) -> str | None:
 
     flag = torch.tensor(float(reason is not None), device=acc.device)
     return (reason or "another process was stopped") if acc.reduce(flag, reduction="sum").item() > 0 else None
+
+
+@contextlib.contextmanager
+def held_run(acc, lock_folder: Path, checkpoint_folder: Path):
+    """What a run holds while it trains, on every process of accelerator ``acc`` (None: one process): with several
+    machines a checkpoint folder of each machine's own (:func:`~lmrepro.train.agree.private_folder`), the run's
+    :class:`RunLock` on ``lock_folder`` (each machine's first process) and a :class:`Watch`; a failure on one
+    process stops all together (:func:`~lmrepro.train.agree.agree`). Yields the watch."""
+    from .agree import agree, private_folder
+
+    if acc is not None:  # before the lock: on a folder shared between machines it would only say "held by another"
+        agree(acc, private_folder(acc, checkpoint_folder), "checkpoint folder")
+    lock, problem = None, None
+    if acc is None or acc.is_local_main_process:
+        try:
+            lock = RunLock(lock_folder).acquire()
+        except RunLockedError as err:
+            problem = err
+    try:
+        if acc is not None:
+            agree(acc, problem, "run lock")
+        elif problem is not None:
+            raise problem
+        with Watch() as watch:
+            yield watch
+    finally:
+        if lock is not None:
+            lock.release()

@@ -41,9 +41,10 @@ from ..ops.dispatch import reset_backends_used
 from . import checkpoint as ckpt
 from . import fsdp
 from .device import autocast_dtype, default_device
-from .agree import agree, common_steps, private_folder, same_start
-from .guard import RunInterrupted, RunLock, RunLockedError, Watch, agreed_stop_reason
+from .agree import agree, common_steps, same_start
+from .guard import RunInterrupted, Watch, agreed_stop_reason, held_run
 from .mirror import CheckpointMirror
+from .trackers import missing_trackers
 from .schedule import lr_multiplier
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,7 @@ def make_accelerator(precision: str = "auto", trackers: Sequence[str] = (),
     dev = default_device()
     mixed = "bf16" if autocast_dtype(precision, dev, strict=True) is not None else "no"
     if trackers:
-        missing = [t for t in trackers if not _tracker_available(t)]
+        missing = missing_trackers(trackers)
         if missing:
             raise ValueError(f"train.trackers {missing}: not installed here (pip install {' '.join(missing)}); "
                              "remove them from train.trackers or install them")
@@ -86,12 +87,6 @@ def make_accelerator(precision: str = "auto", trackers: Sequence[str] = (),
             raise ValueError(f"train.trackers {list(trackers)} need the run's live folder (Trainer(live_dir=...))")
     return Accelerator(cpu=dev.type != "cuda", mixed_precision=mixed, log_with=list(trackers) or None,
                        project_dir=None if live_dir is None else str(live_dir))
-
-
-def _tracker_available(name: str) -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec(name) is not None
 
 
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
@@ -170,7 +165,8 @@ class Trainer:
         self.fsdp = strategy == "fsdp" and world > 1
         if self.fsdp and int(os.environ.get("LOCAL_WORLD_SIZE", world)) != world:
             # Checkpoints are gathered on the first process only, so other machines would have none to resume from.
-            raise ValueError("launch.strategy fsdp runs on one machine (its processes); use ddp across machines")
+            raise ValueError("sharded training (launch.strategy fsdp, or an accelerate config of type FSDP) runs on "
+                             "one machine; use ddp across machines")
 
     # -- setup ---------------------------------------------------------------------------------
     def _build(self):
@@ -216,14 +212,7 @@ class Trainer:
                 problem = err
                 break
             except Exception as err:  # damaged: hash mismatch, truncated torch file, unreadable JSON, ...
-                # Every process of a machine finds the same damage and moves on to the same previous checkpoint;
-                # only the first renames (another process may then find the folder gone: also "move on").
-                damaged = folder.with_name(folder.name + ".damaged")
-                if acc.is_local_main_process:
-                    shutil.rmtree(damaged, ignore_errors=True)
-                    folder.rename(damaged)
-                log.warning("checkpoint %s is damaged (%s); kept as %s, trying the previous one", folder, err,
-                            damaged.name)
+                ckpt.set_aside(folder, err, acc.is_local_main_process)
                 continue
             found = (model, optimizer, scheduler, state)
             break
@@ -238,21 +227,8 @@ class Trainer:
     # -- loop ----------------------------------------------------------------------------------
     def fit(self, until_step: int | None = None) -> TrainResult:
         """Train to ``cfg.max_steps`` (or stop early after ``until_step`` steps, as a preemption would)."""
-        # Before the lock: on a folder shared between machines the lock would only say "held by another trainer".
-        agree(self.accelerator, private_folder(self.accelerator, self.ckpt_dir), "checkpoint folder")
-        lock, problem = None, None
-        if self.accelerator.is_local_main_process:
-            try:
-                lock = RunLock(self.run_dir).acquire()
-            except RunLockedError as err:
-                problem = err
-        try:
-            agree(self.accelerator, problem, "run lock")
-            with Watch() as watch:
-                return self._fit(until_step, watch)
-        finally:
-            if lock is not None:
-                lock.release()
+        with held_run(self.accelerator, self.run_dir, self.ckpt_dir) as watch:
+            return self._fit(until_step, watch)
 
     def _fit(self, until_step: int | None, watch: Watch) -> TrainResult:
         acc = self.accelerator
@@ -376,22 +352,38 @@ class Trainer:
                      for k, v in dataclasses.asdict(self.cfg).items() if k not in _NON_SEMANTIC}}
         # save_dvc_exp / dvcyaml off: the run never creates DVC experiments or edits a dvc.yaml itself (the
         # project declares live/ as metrics once); resume off: DVCLive starts from an empty folder.
-        dvclive = {"dir": str(self.live_dir), "save_dvc_exp": False, "dvcyaml": None, "resume": False}
-        acc.init_trackers(self.run_dir.name, config=config, init_kwargs={"dvclive": dvclive})
+        dvclive = {"save_dvc_exp": False, "dvcyaml": None, "resume": False}
+        parts = self.live_dir.parts if self.live_dir is not None else ()
+        run = "/".join(parts[parts.index("live") + 1:]) if "live" in parts else self.run_dir.name  # xformer/x/s2
+        if self.live_dir is not None:
+            dvclive["dir"] = str(self.live_dir)
+        # One project for every run (services that group runs by project: wandb, mlflow), each run by its name.
+        acc.init_trackers("lmrepro", config={"run": run, **config},
+                          init_kwargs={"dvclive": dvclive, "wandb": {"name": run}, "mlflow": {"run_name": run}})
         for row in rows:
             self._track(row)
 
     def _finish_trackers(self) -> None:
         """Close this run's trackers, also when it was interrupted (not ``end_training``: that also ends the
-        process group, which the caller's next run may still need)."""
+        process group, which the caller's next run may still need). A tracker that fails to close is reported."""
         for tracker in self.accelerator.trackers:
-            tracker.finish()
+            try:
+                tracker.finish()
+            except Exception as err:  # noqa: BLE001 — live metrics must not hide the run's own outcome
+                log.warning("tracker %s did not close (%s: %s)", tracker.name, type(err).__name__, err)
         self.accelerator.trackers.clear()
 
     def _track(self, row: dict[str, Any]) -> None:
-        """Send one logged row to the trackers (on the main process; a no-op without trackers)."""
-        if self.accelerator.log_with:
+        """Send one logged row to the trackers (on the main process; a no-op without trackers). A tracker that
+        fails (a service unreachable, a full disk under live/) is reported and training goes on: the row is in
+        the run's CSV and checkpoint."""
+        if not self.accelerator.log_with:
+            return
+        try:
             self.accelerator.log({k: v for k, v in row.items() if k != "step"}, step=row["step"])
+        except Exception as err:  # noqa: BLE001
+            log.warning("could not send step %d to the trackers (%s: %s); training goes on", row["step"],
+                        type(err).__name__, err)
 
     def _weights(self, step: int) -> torch.Tensor | None:
         """[batch_size, seq_len] loss weights of the global batch ``step``, or None (plain token mean)."""
@@ -408,7 +400,9 @@ class Trainer:
 
     def _val_loss(self, model) -> float:
         windows = eval_windows(self.val_tokens, self.cfg.seq_len, self.cfg.eval_windows, self.cfg.micro_batch_size)
-        return evaluate_loss(self.accelerator.unwrap_model(model), windows, self.accelerator.device)["loss"]
+        # Under DDP the prepared model's forward carries the run's autocast; a sharded model is not prepared.
+        with self.accelerator.autocast() if self.fsdp else contextlib.nullcontext():
+            return evaluate_loss(self.accelerator.unwrap_model(model), windows, self.accelerator.device)["loss"]
 
     # -- persistence ---------------------------------------------------------------------------
     def _save_checkpoint(self, model, optimizer, scheduler, step, rows) -> None:

@@ -268,12 +268,17 @@ def run_checkpoints(cfg: Config, base: torch.nn.Module, data: TaskData, spec: Ru
     ``LMREPRO_CHECKPOINT_ROOT``), the fingerprint covering the base weights, the training data, the run and every
     setting that changes its rows (``settings``: seed, steps, evaluation)."""
     la = section(cfg)
-    train = {k: v for k, v in dataclasses.asdict(la.train).items() if k != "save_every_steps"}
+    # One run's settings: both tasks' step counts and the learning-curve density are the stage's (steps is in
+    # ``settings``), and the checkpoint period does not change what is trained.
+    train = {k: v for k, v in dataclasses.asdict(la.train).items()
+             if k not in ("steps", "eval_points", "save_every_steps")}
     identity = {"base": tensors_digest(dict(base.state_dict())), "data": tensors_digest(data.train),
                 "eval_data": tensors_digest(data.report) if settings.get("eval_split") == "report"
                 else tensors_digest(data.select) if settings.get("eval_split") == "select" else None,
                 "run": dataclasses.asdict(spec), "train": train, "target_modules": la.target_modules, **settings}
     digest = fingerprint(identity)
+    # Paths.checkpoint_root, without needing a project around when LMREPRO_CHECKPOINT_ROOT says where (the runs
+    # get no Paths: their stages hand them (cfg, base, data) only).
     root = Path(os.environ.get(CHECKPOINT_ROOT_ENV) or project_paths().checkpoint_root)
     return FinetuneCheckpoints(root / PAPER / data.name / digest, la.train.save_every_steps, digest)
 
