@@ -57,11 +57,9 @@ class FinetuneCheckpoints:
         for step in sorted(steps, reverse=True):
             folder = local[step]
             try:
-                owner = ckpt.read_state(folder).get("fingerprint")
-                if owner != self.fingerprint:
-                    raise ForeignRunError(f"{folder}: checkpoint of fine-tuning run {owner}, but this run's "
-                                          f"fingerprint is {self.fingerprint}; it was copied or moved here — remove "
-                                          "it to train afresh")
+                why = ckpt.foreign(folder, self.fingerprint, "fine-tuning run", "base weights, data and settings")
+                if why:
+                    raise ForeignRunError(why)
                 state = ckpt.load_trainable_checkpoint(folder, model, optimizer, scheduler)
             except ForeignRunError as err:
                 problem = err

@@ -219,6 +219,16 @@ def _restore(folder: Path, optimizer, scheduler, state: dict[str, Any]) -> dict[
     return state
 
 
+def foreign(folder: Path, fingerprint: str, kind: str, covers: str) -> str | None:
+    """Why checkpoint ``folder`` is not this ``kind`` of run's (its fingerprint, which ``covers`` what it says,
+    differs), or None when it is."""
+    owner = read_state(folder).get("fingerprint")
+    if owner == fingerprint:
+        return None
+    return (f"{folder}: checkpoint of {kind} {owner}, but this run's fingerprint is {fingerprint} ({covers}); it was "
+            "copied or moved here — remove it to train afresh")
+
+
 def set_aside(folder: Path, err: Exception, first: bool) -> None:
     """Keep a checkpoint that does not load as ``<name>.damaged`` (never deleted) so the previous one is tried next.
     Every process of a machine finds the same damage; only the ``first`` renames (another may then find the folder

@@ -202,11 +202,9 @@ class Trainer:
             folder = local[step]
             model, optimizer, scheduler = self._build()
             try:
-                owner = ckpt.read_state(folder).get("fingerprint")
-                if owner != self.fingerprint:
-                    raise ForeignCheckpointError(
-                        f"{folder}: checkpoint of run {owner}, but this run's fingerprint is {self.fingerprint} "
-                        "(spec, training config and data); it was copied or moved here — remove it to train afresh")
+                why = ckpt.foreign(folder, self.fingerprint, "run", "spec, training config and data")
+                if why:
+                    raise ForeignCheckpointError(why)
                 state = ckpt.load_checkpoint(folder, model, optimizer, scheduler)
             except ForeignCheckpointError as err:
                 problem = err

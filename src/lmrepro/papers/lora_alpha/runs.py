@@ -272,9 +272,9 @@ def run_checkpoints(cfg: Config, base: torch.nn.Module, data: TaskData, spec: Ru
     # ``settings``), and the checkpoint period does not change what is trained.
     train = {k: v for k, v in dataclasses.asdict(la.train).items()
              if k not in ("steps", "eval_points", "save_every_steps")}
+    split = settings.get("eval_split")
     identity = {"base": tensors_digest(dict(base.state_dict())), "data": tensors_digest(data.train),
-                "eval_data": tensors_digest(data.report) if settings.get("eval_split") == "report"
-                else tensors_digest(data.select) if settings.get("eval_split") == "select" else None,
+                "eval_data": tensors_digest(getattr(data, split)) if split else None,
                 "run": dataclasses.asdict(spec), "train": train, "target_modules": la.target_modules, **settings}
     digest = fingerprint(identity)
     # Paths.checkpoint_root, without needing a project around when LMREPRO_CHECKPOINT_ROOT says where (the runs
